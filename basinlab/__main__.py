@@ -1,0 +1,5 @@
+import sys
+
+from basinlab.launch.cli import main
+
+sys.exit(main())

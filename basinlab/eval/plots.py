@@ -1,0 +1,113 @@
+"""Figures of a run summary: what a reader wants to look at rather than read.
+
+Each function draws one PNG from the summary's per-optimizer aggregates (means over
+seeds) so that optimizers sit side by side on shared scales.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from basinlab.atomic import atomic_write  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def _panels(count: int, width: float = 3.6, height: float = 3.4):
+    fig, axes = plt.subplots(1, count, figsize=(width * count, height), squeeze=False)
+    return fig, axes[0]
+
+
+def accuracy_matrices(summary: dict[str, Any], path: Path) -> Path:
+    aggregate = summary["aggregate"]
+    fig, axes = _panels(len(aggregate))
+    for ax, (label, agg) in zip(axes, aggregate.items()):
+        matrix = np.array(agg["mean_accuracy_matrix"])
+        image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+        if len(matrix) <= 10:
+            for (i, j), value in np.ndenumerate(matrix):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color="w" if value < 0.6 else "k")
+        ax.set_title(f"{label} (n={len(agg['seeds'])})")
+        ax.set_xlabel("evaluated on task")
+        ax.set_ylabel("after training task")
+        ticks = range(len(matrix))
+        ax.set_xticks(ticks, [str(t + 1) for t in ticks])
+        ax.set_yticks(ticks, [str(t + 1) for t in ticks])
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="test accuracy")
+    fig.suptitle("Accuracy matrix R (mean over seeds)")
+    return _save(fig, path)
+
+
+def accuracy_curves(summary: dict[str, Any], path: Path) -> Path:
+    fig, (seen, first) = _panels(2, width=4.6)
+    for label, agg in summary["aggregate"].items():
+        for ax, key in ((seen, "average_accuracy_curve"), (first, "first_task_accuracy_curve")):
+            mean, std = np.array(agg[key]["mean"]), np.array(agg[key]["std"])
+            x = np.arange(1, len(mean) + 1)
+            (line,) = ax.plot(x, mean, marker="o", label=label)
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    seen.set_title("Average accuracy on tasks seen so far")
+    first.set_title("Accuracy on task 1 over the sequence")
+    for ax in (seen, first):
+        ax.set_xlabel("tasks trained")
+        ax.set_ylabel("test accuracy (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def covariance_spectra(summary: dict[str, Any], path: Path) -> Path:
+    fig, (ax,) = _panels(1, width=5.5)
+    for label, agg in summary["aggregate"].items():
+        spectrum = np.array(agg["mean_final_covariance_spectrum"])
+        share = spectrum / spectrum.sum() if spectrum.sum() > 0 else spectrum
+        rank = agg["final_effective_rank"]["mean"]
+        ax.semilogy(np.arange(1, len(share) + 1), np.clip(share, 1e-12, None), label=f"{label} (erank {rank:.1f})")
+    ax.set_title("Covariance spectrum of hidden representations after the last task")
+    ax.set_xlabel("eigenvalue index")
+    ax.set_ylabel("share of variance (mean over seeds)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _save(fig, path)
+
+
+def cross_class_cosine(summary: dict[str, Any], path: Path) -> Path:
+    aggregate = summary["aggregate"]
+    fig, axes = _panels(len(aggregate))
+    for ax, (label, agg) in zip(axes, aggregate.items()):
+        matrix = np.array(agg["mean_final_cross_class_cosine"], dtype=float)
+        image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="coolwarm")
+        ax.set_title(f"{label}: mean off-diag {agg['final_cross_class_cosine']['mean']:.3f}")
+        ax.set_xlabel("class")
+        ax.set_ylabel("class")
+        ax.set_xticks(range(len(matrix)))
+        ax.set_yticks(range(len(matrix)))
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="cosine similarity of class means")
+    fig.suptitle("Cross-class cosine similarity after the last task (mean over seeds)")
+    return _save(fig, path)
+
+
+PLOTS = {
+    "accuracy_matrix.png": accuracy_matrices,
+    "average_accuracy.png": accuracy_curves,
+    "covariance_spectra.png": covariance_spectra,
+    "cross_class_cosine.png": cross_class_cosine,
+}
+
+
+def write_plots(summary: dict[str, Any], folder: Path) -> list[Path]:
+    """Draw every figure of ``summary`` into ``folder``; returns the paths."""
+    if not summary["aggregate"]:
+        return []
+    return [draw(summary, folder / name) for name, draw in PLOTS.items()]

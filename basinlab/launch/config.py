@@ -1,0 +1,249 @@
+"""Run configs: dataclasses loaded from YAML, overridable from the CLI, strictly checked.
+
+Every mistake (unknown key, wrong type, value out of range, unknown optimizer or
+optimizer option) raises ``UserError`` naming the dotted key, before any training.
+Overrides use ``--set key=value`` with a YAML value; list entries of ``optimizers`` are
+addressed by index or by label: ``--set optimizers.sgd.lr=0.05``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+
+from basinlab.data.streams import CLASS_PAIRS, STREAMS
+from basinlab.errors import UserError
+from basinlab.optim import build_optimizer
+
+
+@dataclass
+class DataConfig:
+    stream: str = "permuted"  # permuted | class_incremental
+    num_tasks: int = 5
+    first_task_unpermuted: bool = True  # permuted only: task 1 is plain MNIST
+    validation_size: int = 5000  # held out of the 60k training images for early stopping
+    probe_size: int = 1000  # test images per task used for representation metrics
+    max_train_examples: Optional[int] = None  # cap per task, for quick runs
+    cache_dir: Optional[str] = None  # default: $BASINLAB_CACHE or ~/.cache/basinlab
+
+    def check(self) -> None:
+        _require(self.stream in STREAMS, "data.stream", f"must be one of {', '.join(STREAMS)}")
+        _require(self.num_tasks >= 1, "data.num_tasks", "must be >= 1")
+        if self.stream == "class_incremental":
+            _require(
+                self.num_tasks <= len(CLASS_PAIRS),
+                "data.num_tasks",
+                f"class_incremental has at most {len(CLASS_PAIRS)} tasks (class pairs)",
+            )
+        _require(0 < self.validation_size < 60_000, "data.validation_size", "must be in 1..59999")
+        _require(self.probe_size >= 10, "data.probe_size", "must be >= 10")
+        if self.max_train_examples is not None:
+            _require(self.max_train_examples >= 1, "data.max_train_examples", "must be >= 1 or null")
+
+
+@dataclass
+class ModelConfig:
+    hidden_sizes: list[int] = field(default_factory=lambda: [100])
+
+    def check(self) -> None:
+        _require(
+            bool(self.hidden_sizes) and all(h >= 1 for h in self.hidden_sizes),
+            "model.hidden_sizes",
+            "must be a non-empty list of positive layer widths",
+        )
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 128
+    max_epochs: int = 5  # per task
+    patience: int = 1  # stop a task after this many epochs without a new best val accuracy
+    eval_batch_size: int = 10_000
+    reset_optimizer_per_task: bool = False  # default carries optimizer state across tasks
+
+    def check(self) -> None:
+        for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
+            _require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
+
+
+@dataclass
+class OptimizerConfig:
+    """One optimizer of the comparison: a registry name, a label, and its keyword options."""
+
+    name: str
+    label: str
+    options: dict[str, Any]
+
+    def to_yaml(self) -> dict[str, Any]:
+        return {"name": self.name, "label": self.label, **self.options}
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optimizers: list[OptimizerConfig] = field(default_factory=list)
+    log_with: str = "tensorboard"  # tensorboard | none
+
+    def check(self) -> None:
+        _require(bool(self.seeds), "seeds", "must list at least one seed")
+        _require(len(set(self.seeds)) == len(self.seeds), "seeds", "must not repeat a seed")
+        _require(bool(self.optimizers), "optimizers", "must list at least one optimizer")
+        labels = [o.label for o in self.optimizers]
+        _require(len(set(labels)) == len(labels), "optimizers", f"labels must be unique, got {labels}")
+        _require(self.log_with in ("tensorboard", "none"), "log_with", "must be tensorboard or none")
+        self.data.check()
+        self.model.check()
+        self.train.check()
+
+    def to_yaml(self) -> dict[str, Any]:
+        raw = dataclasses.asdict(self)
+        raw["optimizers"] = [o.to_yaml() for o in self.optimizers]
+        return raw
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise UserError(f"config key '{key}' {message}")
+
+
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a type annotation (int, float, bool, str, list[T], Optional[T])."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:  # Optional[T]
+        if value is None:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"config key '{key}' must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is int and isinstance(value, bool) or not isinstance(value, annotation):
+        raise UserError(
+            f"config key '{key}' must be {annotation.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _section(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise UserError(f"config key '{prefix}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise UserError(
+            f"unknown config key '{prefix}.{unknown[0]}'; valid keys in '{prefix}': {', '.join(sorted(fields))}"
+        )
+    return cls(**{k: _coerce(v, hints[k], f"{prefix}.{k}") for k, v in raw.items()})
+
+
+def _optimizer(raw: Any, index: int) -> OptimizerConfig:
+    key = f"optimizers[{index}]"
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise UserError(f"config key '{key}' must be a mapping with a 'name', e.g. {{name: sgd, lr: 0.1}}")
+    options = dict(raw)
+    name = options.pop("name")
+    label = options.pop("label", name)
+    if not isinstance(label, str) or not _LABEL.match(label):
+        raise UserError(f"config key '{key}.label' must be letters, digits, '_.+-', got {label!r}")
+    try:  # constructing on a throwaway parameter runs the optimizer's own value checks
+        build_optimizer(name, [torch.nn.Parameter(torch.zeros(2, 2))], **options)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"config key '{key}' ({label}): {err}") from None
+    return OptimizerConfig(name=name.lower(), label=label, options=options)
+
+
+def config_from_dict(raw: Any) -> RunConfig:
+    """Build and check a RunConfig from plain YAML data."""
+    if not isinstance(raw, dict):
+        raise UserError("a run config must be a YAML mapping with keys such as name, seeds, data, optimizers")
+    hints = typing.get_type_hints(RunConfig)
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise UserError(f"unknown config key '{unknown[0]}'; valid top-level keys: {', '.join(sorted(fields))}")
+    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in sections:
+            values[key] = _section(sections[key], value, key)
+        elif key == "optimizers":
+            if not isinstance(value, list):
+                raise UserError("config key 'optimizers' must be a list of {name: ..., <option>: ...}")
+            values[key] = [_optimizer(o, i) for i, o in enumerate(value)]
+        else:
+            values[key] = _coerce(value, hints[key], key)
+    config = RunConfig(**values)
+    config.check()
+    return config
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set expects key=value (e.g. --set train.max_epochs=3), got {text!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        raise UserError(f"--set {key}: value {value!r} is not valid YAML") from None
+    return key.strip().split("."), parsed
+
+
+def _list_entry(entries: list, token: str, key: str) -> dict:
+    if token.isdigit() and int(token) < len(entries):
+        return entries[int(token)]
+    for entry in entries:
+        if isinstance(entry, dict) and token in (entry.get("label"), entry.get("name")):
+            return entry
+    raise UserError(f"--set {key}: no optimizer with index or label {token!r}")
+
+
+def apply_override(raw: dict, text: str) -> None:
+    """Apply one ``key=value`` override to raw config data in place."""
+    path, value = _parse_override(text)
+    key = ".".join(path)
+    node: Any = raw
+    for token in path[:-1]:
+        if isinstance(node, list):
+            node = _list_entry(node, token, key)
+        elif isinstance(node, dict):
+            node = node.setdefault(token, {})
+        else:
+            raise UserError(f"--set {key}: '{token}' is not a section")
+    if isinstance(node, list):
+        raise UserError(f"--set {key}: name an option of one optimizer, e.g. optimizers.sgd.lr=0.1")
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML run config, apply ``--set`` overrides, and check it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {str(path)!r} does not exist; pass a YAML such as configs/mnist/demo.yaml")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"config file {str(path)!r} is not valid YAML{where}; fix the syntax") from None
+    if isinstance(raw, dict):
+        raw.setdefault("name", path.stem)
+    for text in overrides:
+        apply_override(raw, text)
+    return config_from_dict(raw)

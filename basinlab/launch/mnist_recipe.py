@@ -1,0 +1,280 @@
+"""Sequential MNIST tasks on Accelerate: train each (optimizer, seed) unit task by task.
+
+Read top to bottom: ``run_experiment`` loops over units; ``train_unit`` trains one
+model through the task sequence with early stopping per task and evaluates after
+every task (accuracy on all tasks, representation metrics on the probe sets).
+Under ``accelerate launch`` each rank trains on its share of every batch (DDP averages
+the gradients) and evaluates the full sets itself, so all ranks take identical
+early-stopping decisions without extra communication; only the main process writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from basinlab.data.mnist import load_mnist
+from basinlab.data.streams import NUM_CLASSES, NUM_PIXELS, TaskStream, build_tasks
+from basinlab.eval.continual import continual_metrics, forgetting_per_task
+from basinlab.eval.representation import (
+    class_mean_cosine,
+    covariance_spectrum,
+    effective_rank_from_spectrum,
+    linear_cka,
+    mean_off_diagonal,
+)
+from basinlab.launch.config import OptimizerConfig, RunConfig
+from basinlab.launch.rundir import RunDirectory, unit_id
+from basinlab.models import MLP
+from basinlab.optim import build_optimizer
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def accuracy(model: MLP, stream: TaskStream, task: int, split: str, batch_size: int) -> float:
+    correct = total = 0
+    for x, y in stream.eval_batches(task, split, batch_size):
+        correct += (model(x).argmax(dim=1) == y).sum().item()
+        total += len(y)
+    return correct / total
+
+
+@torch.no_grad()
+def probe_features(model: MLP, stream: TaskStream, tasks: range, batch_size: int):
+    """Last-hidden-layer activations and labels on the probe sets of ``tasks``, pooled."""
+    features, labels = [], []
+    for task in tasks:
+        for x, y in stream.eval_batches(task, "probe", batch_size):
+            features.append(model.features(x))
+            labels.append(y)
+    return torch.cat(features), torch.cat(labels)
+
+
+class UnitTrainer:
+    """Trains one model with one optimizer through the task sequence of one seed."""
+
+    def __init__(
+        self,
+        accelerator: Accelerator,
+        config: RunConfig,
+        optimizer_config: OptimizerConfig,
+        stream: TaskStream,
+        seed: int,
+        run: RunDirectory | None,
+        progress: tqdm,
+    ):
+        self.accelerator = accelerator
+        self.config = config
+        self.optimizer_config = optimizer_config
+        self.stream = stream
+        self.seed = seed
+        self.run = run  # None on non-main processes
+        self.progress = progress
+        self.unit = unit_id(optimizer_config.label, seed)
+        self.step = 0
+        model = MLP(NUM_PIXELS, config.model.hidden_sizes, NUM_CLASSES, seed=seed)
+        self.model, self.optimizer = accelerator.prepare(model, self._new_optimizer(model))
+
+    def _new_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(self.optimizer_config.name, model.parameters(), **self.optimizer_config.options)
+
+    @property
+    def net(self) -> MLP:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _record(self, event: str, **values: Any) -> None:
+        if self.run is not None:
+            record = {"unit": self.unit, "optimizer": self.optimizer_config.label, "seed": self.seed}
+            self.run.log_metrics({**record, "event": event, "step": self.step, **values})
+
+    def _evaluate_all(self) -> list[float]:
+        self.net.eval()
+        batch = self.config.train.eval_batch_size
+        return [accuracy(self.net, self.stream, t, "test", batch) for t in range(len(self.stream))]
+
+    def fit_task(self, task: int) -> dict[str, Any]:
+        """Train ``task`` until validation accuracy stops improving; keep the best weights."""
+        train = self.config.train
+        best_accuracy, best_state, stale, epochs = -1.0, None, 0, 0
+        for epoch in range(train.max_epochs):
+            self.model.train()
+            loss_sum = torch.zeros((), device=self.accelerator.device)
+            batches = 0
+            for x, y in self.stream.train_batches(
+                task,
+                train.batch_size,
+                seed=self.seed,
+                epoch=epoch,
+                rank=self.accelerator.process_index,
+                world_size=self.accelerator.num_processes,
+            ):
+                loss = F.cross_entropy(self.model(x), y)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.accelerator.backward(loss)
+                self.optimizer.step()
+                loss_sum += loss.detach()
+                batches += 1
+                self.step += 1
+            train_loss = self.accelerator.reduce(loss_sum / max(batches, 1), "mean").item()
+            self.net.eval()
+            val_accuracy = accuracy(self.net, self.stream, task, "val", train.eval_batch_size)
+            epochs = epoch + 1
+            self._record("epoch", task=task, epoch=epoch, train_loss=train_loss, val_accuracy=val_accuracy)
+            self.accelerator.log(
+                {f"task{task}/train_loss": train_loss, f"task{task}/val_accuracy": val_accuracy}, step=self.step
+            )
+            self.progress.set_postfix_str(
+                f"{self.unit} task {task + 1}/{len(self.stream)} epoch {epochs} val {val_accuracy:.4f}"
+            )
+            if val_accuracy > best_accuracy:
+                best_accuracy, stale = val_accuracy, 0
+                best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= train.patience:
+                    break
+        self.net.load_state_dict(best_state)
+        return {"epochs": epochs, "best_val_accuracy": best_accuracy, "stopped_early": epochs < train.max_epochs}
+
+    def train(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        num_tasks = len(self.stream)
+        batch = self.config.train.eval_batch_size
+        initial = self._evaluate_all()
+        self._record("init", accuracies=initial)
+        rows, per_task = [], []
+        first_task_features = None
+        for task in range(num_tasks):
+            if task and self.config.train.reset_optimizer_per_task:
+                self.optimizer = self.accelerator.prepare_optimizer(self._new_optimizer(self.model))
+            fit = self.fit_task(task)
+            rows.append(self._evaluate_all())
+            seen = range(task + 1)
+            features, labels = probe_features(self.net, self.stream, seen, batch)
+            task0_features, _ = probe_features(self.net, self.stream, range(1), batch)
+            if first_task_features is None:
+                first_task_features = task0_features
+            spectrum = covariance_spectrum(features)
+            cosine = class_mean_cosine(features, labels, NUM_CLASSES)
+            square = [row[: task + 1] for row in rows]
+            metrics = continual_metrics(square, initial[: task + 1])
+            evaluation = {
+                **fit,
+                "task": task,
+                "accuracies": rows[-1],
+                "average_accuracy_seen": metrics["acc"],
+                "effective_rank": effective_rank_from_spectrum(spectrum),
+                "cross_class_cosine_mean": mean_off_diagonal(cosine),
+                "first_task_cka": linear_cka(first_task_features, task0_features),
+            }
+            per_task.append({**evaluation, "spectrum": spectrum.tolist(), "cosine": cosine.tolist()})
+            self._record("task", **evaluation)
+            self.accelerator.log(
+                {
+                    **{f"test_accuracy/task{j}": acc for j, acc in enumerate(rows[-1])},
+                    "test_accuracy/average_seen": metrics["acc"],
+                    "representation/effective_rank": evaluation["effective_rank"],
+                    "representation/cross_class_cosine": evaluation["cross_class_cosine_mean"],
+                },
+                step=self.step,
+            )
+            logger.info(
+                "%s: task %d/%d (%s) %d epochs, best val %.4f, avg acc on seen tasks %.4f",
+                self.unit,
+                task + 1,
+                num_tasks,
+                self.stream.tasks[task].name,
+                fit["epochs"],
+                fit["best_val_accuracy"],
+                metrics["acc"],
+            )
+        return {
+            "unit": self.unit,
+            "optimizer": self.optimizer_config.label,
+            "optimizer_name": self.optimizer_config.name,
+            "seed": self.seed,
+            "world_size": self.accelerator.num_processes,
+            "initial_accuracies": initial,
+            "accuracy_matrix": rows,
+            **continual_metrics(rows, initial),
+            "forgetting_per_task": forgetting_per_task(rows).tolist(),
+            "epochs": [t["epochs"] for t in per_task],
+            "best_val_accuracy": [t["best_val_accuracy"] for t in per_task],
+            "effective_rank": [t["effective_rank"] for t in per_task],
+            "cross_class_cosine_mean": [t["cross_class_cosine_mean"] for t in per_task],
+            "first_task_cka": [t["first_task_cka"] for t in per_task],
+            "final_covariance_spectrum": per_task[-1]["spectrum"],
+            "final_cross_class_cosine": per_task[-1]["cosine"],
+            "steps": self.step,
+            "wall_time_s": time.perf_counter() - started,
+        }
+
+
+def _tracker_config(config: RunConfig, optimizer: OptimizerConfig, seed: int) -> dict[str, Any]:
+    """Flat scalar hyperparameters for TensorBoard's hparams view."""
+    flat = {"seed": seed, "optimizer": optimizer.name}
+    flat.update({f"optim.{k}": v for k, v in optimizer.options.items() if isinstance(v, (int, float, str, bool))})
+    flat.update({f"train.{k}": v for k, v in vars(config.train).items()})
+    flat.update({"data.stream": config.data.stream, "data.num_tasks": config.data.num_tasks})
+    return flat
+
+
+def run_experiment(config: RunConfig, output: str | Path, resume: bool = False) -> Path:
+    """Run every (optimizer, seed) unit of ``config`` into ``output``; returns the run dir."""
+    run = RunDirectory(output)
+    log_with = None if config.log_with == "none" else config.log_with
+    accelerator = Accelerator(log_with=log_with, project_dir=str(run.tensorboard_dir))
+    main = accelerator.is_main_process
+    if main:
+        run.open(config.to_yaml(), resume)
+    accelerator.wait_for_everyone()
+    with accelerator.main_process_first():
+        arrays = load_mnist(config.data.cache_dir)
+    finished = run.finished_units()
+    units = [(o, s) for s in config.seeds for o in config.optimizers]
+    todo = [(o, s) for o, s in units if unit_id(o.label, s) not in finished]
+    if finished:
+        logger.info("resuming %s: %d of %d units already finished", run.path, len(units) - len(todo), len(units))
+    logger.info(
+        "%s: %d units on %d process(es), device %s", config.name, len(todo), accelerator.num_processes, accelerator.device
+    )
+    data = config.data
+    with logging_redirect_tqdm(), tqdm(total=len(units), initial=len(units) - len(todo), desc="units", disable=not main) as bar:
+        for optimizer, seed in todo:
+            tasks = build_tasks(
+                data.stream,
+                arrays,
+                data.num_tasks,
+                seed,
+                first_task_unpermuted=data.first_task_unpermuted,
+                validation_size=data.validation_size,
+                probe_size=data.probe_size,
+                max_train_examples=data.max_train_examples,
+            )
+            stream = TaskStream(arrays, tasks, accelerator.device)
+            unit = unit_id(optimizer.label, seed)
+            if log_with:
+                accelerator.init_trackers(unit, config=_tracker_config(config, optimizer, seed))
+            result = UnitTrainer(accelerator, config, optimizer, stream, seed, run if main else None, bar).train()
+            result["task_names"] = [t.name for t in tasks]
+            if main:
+                run.write_unit(unit, result)
+            for tracker in accelerator.trackers:
+                tracker.finish()
+            accelerator.trackers = []
+            accelerator.free_memory()
+            bar.update()
+    accelerator.wait_for_everyone()
+    if main:
+        run.write_report()
+        logger.info("report written to %s", run.path / "report.md")
+    return run.path

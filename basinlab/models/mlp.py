@@ -1,0 +1,52 @@
+"""The reference model: a ReLU MLP whose initial weights depend only on the seed.
+
+Matched initialization is the point of the experiments (same seed => the same starting
+point for every optimizer), so weights are drawn from a private ``torch.Generator``
+rather than the global RNG, which other code may have advanced.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class MLP(nn.Module):
+    """``in_features -> hidden_sizes (ReLU) -> num_classes``; exposes the last hidden layer."""
+
+    def __init__(
+        self,
+        in_features: int = 784,
+        hidden_sizes: Sequence[int] = (100,),
+        num_classes: int = 10,
+        *,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if not hidden_sizes:
+            raise ValueError("hidden_sizes must name at least one hidden layer")
+        sizes = [in_features, *hidden_sizes]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.head = nn.Linear(sizes[-1], num_classes)
+        self.reset_parameters(seed)
+
+    @torch.no_grad()
+    def reset_parameters(self, seed: int) -> None:
+        """PyTorch's default ``nn.Linear`` init, drawn from a generator seeded with ``seed``."""
+        generator = torch.Generator().manual_seed(seed)
+        for layer in [*self.hidden, self.head]:
+            nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+            bound = 1.0 / math.sqrt(layer.in_features)
+            nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Activations of the last hidden layer (what the representation metrics measure)."""
+        for layer in self.hidden:
+            x = torch.relu(layer(x))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
