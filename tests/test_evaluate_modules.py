@@ -2,7 +2,6 @@
 the functions they wrap."""
 
 import math
-import sys
 
 import evaluate
 import numpy as np
@@ -18,33 +17,9 @@ from basinlab.eval import (
 )
 
 
-def _forget_evaluate_modules():
-    """Drop evaluate's dynamic package, which remembers the modules dir it was first imported from."""
-    for name in [m for m in sys.modules if m.split(".")[0] == "evaluate_modules"]:
-        del sys.modules[name]
-
-
-@pytest.fixture(scope="module")
-def load(tmp_path_factory):
-    """evaluate.load offline, with its module copies and arrow caches under a tmp dir.
-
-    evaluate reads its cache paths once at import, so the config attributes are patched
-    rather than the environment; its sys.path entry and dynamic package are undone after.
-    """
-    root = tmp_path_factory.mktemp("hf")
-    modules = root / "modules"
-    _forget_evaluate_modules()
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("HF_HUB_OFFLINE", "1")
-            mp.setenv("HF_EVALUATE_OFFLINE", "1")
-            mp.setattr(evaluate.config, "HF_MODULES_CACHE", modules)
-            mp.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", True)
-            yield lambda name: evaluate.load(metric_path(name), cache_dir=str(root / "cache"))
-    finally:
-        if str(modules) in sys.path:
-            sys.path.remove(str(modules))
-        _forget_evaluate_modules()
+def load(name):
+    """The real evaluate.load on our local module (conftest points HF caches at a tmp dir)."""
+    return evaluate.load(metric_path(name))
 
 
 R = [[0.8, 0.3, 0.1], [0.9, 0.7, 0.2], [0.6, 0.5, 0.95]]
@@ -56,24 +31,24 @@ def test_metric_path_unknown_lists_available():
         metric_path("accuracy")
 
 
-def test_continual_learning_compute_matches_function(load):
+def test_continual_learning_compute_matches_function():
     metric = load("continual_learning")
     assert metric.compute(accuracy_matrix=R, initial_accuracies=B) == continual_metrics(R, B)
 
 
-def test_continual_learning_rows_added_one_by_one(load):
+def test_continual_learning_rows_added_one_by_one():
     metric = load("continual_learning")
     for row in R:
         metric.add(accuracy_matrix=np.array(row))
     assert metric.compute(initial_accuracies=B) == continual_metrics(R, B)
 
 
-def test_continual_learning_single_task_gives_nan(load):
+def test_continual_learning_single_task_gives_nan():
     out = load("continual_learning").compute(accuracy_matrix=[[0.9]], initial_accuracies=[0.1])
     assert out["acc"] == pytest.approx(0.9) and math.isnan(out["bwt"])
 
 
-def test_representation_matches_functions(load):
+def test_representation_matches_functions():
     g = torch.Generator().manual_seed(0)
     h = torch.randn(300, 16, generator=g, dtype=torch.float64) @ torch.randn(16, 16, generator=g, dtype=torch.float64)
     labels = torch.randint(0, 5, (300,), generator=g)

@@ -87,7 +87,7 @@ def cross_class_cosine(summary: dict[str, Any], path: Path) -> Path:
     fig, axes = _panels(len(aggregate))
     for ax, (label, agg) in zip(axes, aggregate.items()):
         matrix = np.array(agg["mean_final_cross_class_cosine"], dtype=float)
-        image = ax.imshow(matrix, vmin=-1, vmax=1, cmap="coolwarm")
+        image = ax.imshow(matrix, vmin=min(0.0, np.nanmin(matrix)), vmax=1, cmap="magma")
         ax.set_title(f"{label}: mean off-diag {agg['final_cross_class_cosine']['mean']:.3f}")
         ax.set_xlabel("class")
         ax.set_ylabel("class")

@@ -11,6 +11,7 @@ early-stopping decisions without extra communication; only the main process writ
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from basinlab.data.mnist import load_mnist
 from basinlab.data.streams import NUM_CLASSES, NUM_PIXELS, TaskStream, build_tasks
+from basinlab.errors import UserError
 from basinlab.eval.continual import continual_metrics, forgetting_per_task
 from basinlab.eval.representation import (
     class_mean_cosine,
@@ -228,11 +230,28 @@ def _tracker_config(config: RunConfig, optimizer: OptimizerConfig, seed: int) ->
     return flat
 
 
+def make_accelerator(**kwargs: Any) -> Accelerator:
+    """An Accelerator that really spans every launched process, GPUs or not.
+
+    Launched as N processes on a machine without CUDA, a default Accelerator treats each
+    process as its own single-process run (N independent runs writing one directory), so
+    we ask for CPU ranks (gloo) explicitly, which is what ACCELERATE_USE_CPU=true does.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    accelerator = Accelerator(cpu=launched > 1 and not torch.cuda.is_available(), **kwargs)
+    if accelerator.num_processes != launched:
+        raise UserError(
+            f"{launched} processes were launched but Accelerate sees {accelerator.num_processes}; "
+            "check the accelerate config (distributed_type, num_processes)"
+        )
+    return accelerator
+
+
 def run_experiment(config: RunConfig, output: str | Path, resume: bool = False) -> Path:
     """Run every (optimizer, seed) unit of ``config`` into ``output``; returns the run dir."""
     run = RunDirectory(output)
     log_with = None if config.log_with == "none" else config.log_with
-    accelerator = Accelerator(log_with=log_with, project_dir=str(run.tensorboard_dir))
+    accelerator = make_accelerator(log_with=log_with, project_dir=str(run.tensorboard_dir))
     main = accelerator.is_main_process
     if main:
         run.open(config.to_yaml(), resume)

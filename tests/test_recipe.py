@@ -1,0 +1,117 @@
+"""The sequential-MNIST recipe end to end on real data (small), in this process."""
+
+import json
+
+import pytest
+import torch
+from accelerate import Accelerator
+from tqdm import tqdm
+
+from basinlab.data.streams import TaskStream, build_tasks
+from basinlab.errors import UserError
+from basinlab.launch.config import load_config
+from basinlab.launch.mnist_recipe import UnitTrainer, accuracy, run_experiment
+from basinlab.launch.rundir import RunDirectory
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, mnist_cache_dir):
+    """One small real run shared by the tests that only read its outputs."""
+    path = tmp_path_factory.mktemp("run") / "tiny.yaml"
+    path.write_text(
+        "seeds: [0, 1]\n"
+        f"data: {{num_tasks: 3, max_train_examples: 1500, validation_size: 1000, probe_size: 200, cache_dir: '{mnist_cache_dir}'}}\n"
+        "train: {batch_size: 64, max_epochs: 2, patience: 1}\n"
+        "optimizers: [{name: sgd, lr: 0.05, momentum: 0.9}, {name: adamw, lr: 0.001}]\n"
+    )
+    return run_experiment(load_config(path), path.parent / "out")
+
+
+def test_run_directory_holds_every_artifact(finished_run):
+    for name in ["config.yaml", "metrics.jsonl", "summary.json", "report.md"]:
+        assert (finished_run / name).is_file()
+    plots = sorted(p.name for p in (finished_run / "plots").glob("*.png"))
+    assert plots == ["accuracy_matrix.png", "average_accuracy.png", "covariance_spectra.png", "cross_class_cosine.png"]
+    assert sorted(p.name for p in (finished_run / "tensorboard").iterdir()) == [
+        "adamw__seed0", "adamw__seed1", "sgd__seed0", "sgd__seed1"
+    ]
+    report = (finished_run / "report.md").read_text()
+    assert "| sgd | 2 |" in report and "| adamw | 2 |" in report
+
+
+def test_summary_schema_and_metric_consistency(finished_run):
+    summary = json.loads((finished_run / "summary.json").read_text())
+    assert summary["complete"] and summary["num_tasks"] == 3 and summary["world_size"] == 1
+    assert [u["unit"] for u in summary["units"]] == ["sgd__seed0", "sgd__seed1", "adamw__seed0", "adamw__seed1"]
+    for unit in summary["units"]:
+        R = unit["accuracy_matrix"]
+        assert len(R) == 3 and all(len(row) == 3 for row in R)
+        assert unit["acc"] == pytest.approx(sum(R[-1]) / 3)
+        assert unit["bwt"] == pytest.approx(((R[2][0] - R[0][0]) + (R[2][1] - R[1][1])) / 2)
+        assert len(unit["effective_rank"]) == 3 and 1 <= unit["effective_rank"][-1] <= 100
+        assert len(unit["final_covariance_spectrum"]) == 100
+        assert unit["first_task_cka"][0] == pytest.approx(1.0)
+        assert R[0][0] > 0.8  # learned the first task even from 1500 images
+    sgd = summary["aggregate"]["sgd"]
+    assert sgd["acc"]["n"] == 2 and sgd["acc"]["mean"] == pytest.approx(
+        sum(u["acc"] for u in summary["units"][:2]) / 2
+    )
+
+
+def test_same_seed_starts_every_optimizer_from_the_same_weights(finished_run):
+    units = {u["unit"]: u for u in json.loads((finished_run / "summary.json").read_text())["units"]}
+    assert units["sgd__seed0"]["initial_accuracies"] == units["adamw__seed0"]["initial_accuracies"]
+    assert units["sgd__seed0"]["initial_accuracies"] != units["sgd__seed1"]["initial_accuracies"]
+
+
+def test_metrics_log_has_init_epoch_and_task_records(finished_run):
+    records = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    sgd0 = [r for r in records if r["unit"] == "sgd__seed0"]
+    assert [r["event"] for r in sgd0 if r["event"] != "epoch"] == ["init", "task", "task", "task"]
+    task_records = [r for r in sgd0 if r["event"] == "task"]
+    for task, record in enumerate(task_records):
+        epochs = [r for r in sgd0 if r["event"] == "epoch" and r["task"] == task]
+        assert len(epochs) == record["epochs"]
+        assert record["best_val_accuracy"] == max(r["val_accuracy"] for r in epochs)
+
+
+def test_report_command_rebuilds_the_same_summary(finished_run):
+    before = (finished_run / "summary.json").read_text()
+    (finished_run / "summary.json").unlink()
+    (finished_run / "report.md").unlink()
+    RunDirectory(finished_run).write_report()
+    assert (finished_run / "summary.json").read_text() == before and (finished_run / "report.md").exists()
+
+
+def test_existing_run_needs_resume_and_an_unchanged_config(finished_run):
+    config = load_config(finished_run / "config.yaml")
+    with pytest.raises(UserError, match="already holds a run; add --resume"):
+        run_experiment(config, finished_run)
+    changed = load_config(finished_run / "config.yaml", ["train.max_epochs=3"])
+    with pytest.raises(UserError, match="config differs in train"):
+        run_experiment(changed, finished_run, resume=True)
+
+
+def test_early_stopping_restores_the_best_weights(tiny_config, mnist_arrays):
+    config = load_config(tiny_config(train={"max_epochs": 6, "patience": 2}, optimizers=[{"name": "sgd", "lr": 0.5}]))
+    tasks = build_tasks("permuted", mnist_arrays, 1, seed=0, validation_size=1000, probe_size=50, max_train_examples=600)
+    stream = TaskStream(mnist_arrays, tasks)
+    trainer = UnitTrainer(Accelerator(cpu=True), config, config.optimizers[0], stream, 0, None, tqdm(disable=True))
+    fit = trainer.fit_task(0)
+    assert 1 <= fit["epochs"] <= 6
+    assert accuracy(trainer.net, stream, 0, "val", 10_000) == fit["best_val_accuracy"]
+
+
+def test_optimizer_state_carries_over_or_resets(tiny_config, mnist_arrays):
+    tasks = build_tasks("permuted", mnist_arrays, 2, seed=0, validation_size=1000, probe_size=50, max_train_examples=300)
+    steps = {}
+    for reset in (False, True):
+        config = load_config(tiny_config(train={"reset_optimizer_per_task": reset}, optimizers=[{"name": "adamw"}]))
+        trainer = UnitTrainer(
+            Accelerator(cpu=True), config, config.optimizers[0], TaskStream(mnist_arrays, tasks), 0, None, tqdm(disable=True)
+        )
+        trainer.train()
+        state = trainer.optimizer.state[next(iter(trainer.net.parameters()))]
+        steps[reset] = int(torch.as_tensor(state["step"]).item())
+    per_task = 300 // 64
+    assert steps == {False: 2 * per_task, True: per_task}

@@ -1,0 +1,75 @@
+"""Real processes: a run killed mid-way resumes to the same result, and a 2-rank
+`accelerate launch` (gloo on CPU) really has world size 2 and matches one process."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "basinlab", "run", *map(str, args)], env=env, capture_output=True, text=True)
+
+
+def _summary_without_timing(run_dir: Path) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for unit in summary["units"]:
+        unit.pop("wall_time_s")
+    return summary
+
+
+def test_killed_run_resumes_to_the_same_summary(tiny_config, tmp_path):
+    config = tiny_config(seeds=[0, 1], train={"max_epochs": 2})
+    full, partial = tmp_path / "full", tmp_path / "partial"
+    assert _run(config, "--output", full).returncode == 0
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "basinlab", "run", str(config), "--output", str(partial)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while not list((partial / "units").glob("*.json")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(list((partial / "units").glob("*.json")))
+    assert 1 <= finished < 4, "the run must be cut between its first and last unit"
+    assert not (partial / "summary.json").exists()
+
+    resumed = _run(config, "--output", partial, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{finished} of 4 units already finished" in resumed.stderr
+    assert _summary_without_timing(partial) == _summary_without_timing(full)
+    assert (partial / "metrics.jsonl").read_text() == (full / "metrics.jsonl").read_text()
+
+
+def test_two_process_accelerate_launch_matches_one_process(tiny_config, tmp_path):
+    config = tiny_config(seeds=[0], data={"num_tasks": 2}, train={"max_epochs": 2})
+    single, double = tmp_path / "one", tmp_path / "two"
+    assert _run(config, "--output", single).returncode == 0
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    result = subprocess.run(
+        [accelerate, "launch", "--config_file", ROOT / "configs/accelerate/cpu_2proc.yaml",
+         "-m", "basinlab", "run", config, "--output", double],
+        env={**os.environ, "ACCELERATE_USE_CPU": "true"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = _summary_without_timing(single), _summary_without_timing(double)
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    for a, b in zip(one["units"], two["units"]):
+        assert a["initial_accuracies"] == b["initial_accuracies"]
+        assert a["epochs"] == b["epochs"]
+        for row_a, row_b in zip(a["accuracy_matrix"], b["accuracy_matrix"]):
+            assert row_a == pytest.approx(row_b, abs=0.01)
