@@ -253,8 +253,10 @@ def run_experiment(config: RunConfig, output: str | Path, resume: bool = False) 
     log_with = None if config.log_with == "none" else config.log_with
     accelerator = make_accelerator(log_with=log_with, project_dir=str(run.tensorboard_dir))
     main = accelerator.is_main_process
+    run.check(config.to_yaml(), resume)
+    accelerator.wait_for_everyone()  # every rank has checked before the main one writes
     if main:
-        run.open(config.to_yaml(), resume)
+        run.open(config.to_yaml())
     accelerator.wait_for_everyone()
     with accelerator.main_process_first():
         arrays = load_mnist(config.data.cache_dir)

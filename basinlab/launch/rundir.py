@@ -41,22 +41,30 @@ class RunDirectory:
         self.config_path = self.path / "config.yaml"
         self.tensorboard_dir = self.path / "tensorboard"
 
-    def open(self, resolved_config: dict[str, Any], resume: bool) -> None:
-        """Create the run, or check and clean it for ``--resume``. Call on the main process only."""
+    def check(self, resolved_config: dict[str, Any], resume: bool) -> None:
+        """Refuse an output that is a file, holds another run, or differs from ``--resume``'s config.
+
+        Read-only, so every rank can call it and fail the same way (no rank left waiting).
+        """
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--output {str(self.path)!r} is a file; name a directory")
+        if not self.config_path.exists():
+            return
+        if not resume:
+            raise UserError(
+                f"{str(self.path)!r} already holds a run; add --resume to continue it or pick another --output"
+            )
+        saved = yaml.safe_load(self.config_path.read_text())
+        if saved != resolved_config:
+            changed = sorted(k for k in set(saved) | set(resolved_config) if saved.get(k) != resolved_config.get(k))
+            raise UserError(
+                f"cannot resume {str(self.path)!r}: config differs in {', '.join(changed)}; "
+                "run with the original config or pick another --output"
+            )
+
+    def open(self, resolved_config: dict[str, Any]) -> None:
+        """Create a new run, or drop the traces of unfinished units of a checked one. Main process only."""
         if self.config_path.exists():
-            if not resume:
-                raise UserError(
-                    f"{str(self.path)!r} already holds a run; add --resume to continue it or pick another --output"
-                )
-            saved = yaml.safe_load(self.config_path.read_text())
-            if saved != resolved_config:
-                changed = sorted(k for k in set(saved) | set(resolved_config) if saved.get(k) != resolved_config.get(k))
-                raise UserError(
-                    f"cannot resume {str(self.path)!r}: config differs in {', '.join(changed)}; "
-                    "run with the original config or pick another --output"
-                )
             self._drop_unfinished()
             return
         self.path.mkdir(parents=True, exist_ok=True)
