@@ -31,7 +31,8 @@ def _panels(count: int, width: float = 3.6, height: float = 3.4):
 
 def accuracy_matrices(summary: dict[str, Any], path: Path) -> Path:
     aggregate = summary["aggregate"]
-    fig, axes = _panels(len(aggregate))
+    size = max(3.6, 0.42 * summary["num_tasks"] + 1.2)  # room for the annotated cells
+    fig, axes = _panels(len(aggregate), width=size, height=size)
     for ax, (label, agg) in zip(axes, aggregate.items()):
         matrix = np.array(agg["mean_accuracy_matrix"])
         image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
@@ -40,10 +41,10 @@ def accuracy_matrices(summary: dict[str, Any], path: Path) -> Path:
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color="w" if value < 0.6 else "k")
         ax.set_title(f"{label} (n={len(agg['seeds'])})")
         ax.set_xlabel("evaluated on task")
-        ax.set_ylabel("after training task")
         ticks = range(len(matrix))
         ax.set_xticks(ticks, [str(t + 1) for t in ticks])
         ax.set_yticks(ticks, [str(t + 1) for t in ticks])
+    axes[0].set_ylabel("after training task")
     fig.colorbar(image, ax=list(axes), shrink=0.8, label="test accuracy")
     fig.suptitle("Accuracy matrix R (mean over seeds)")
     return _save(fig, path)
