@@ -178,7 +178,7 @@ class UnitTrainer:
                 "cross_class_cosine_mean": mean_off_diagonal(cosine),
                 "first_task_cka": linear_cka(first_task_features, task0_features),
             }
-            per_task.append({**evaluation, "spectrum": spectrum.tolist(), "cosine": cosine.tolist()})
+            per_task.append(evaluation)
             self._record("task", **evaluation)
             self.accelerator.log(
                 {
@@ -214,8 +214,8 @@ class UnitTrainer:
             "effective_rank": [t["effective_rank"] for t in per_task],
             "cross_class_cosine_mean": [t["cross_class_cosine_mean"] for t in per_task],
             "first_task_cka": [t["first_task_cka"] for t in per_task],
-            "final_covariance_spectrum": per_task[-1]["spectrum"],
-            "final_cross_class_cosine": per_task[-1]["cosine"],
+            "final_covariance_spectrum": spectrum.tolist(),
+            "final_cross_class_cosine": cosine.tolist(),
             "steps": self.step,
             "wall_time_s": time.perf_counter() - started,
         }
