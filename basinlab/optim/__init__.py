@@ -7,6 +7,9 @@ from basinlab.optim.registry import (
     optimizer_options,
     register_optimizer,
 )
+from basinlab.optim.shampoo import Shampoo
+
+register_optimizer("shampoo", Shampoo)
 
 __all__ = [
     "available_optimizers",
@@ -14,4 +17,5 @@ __all__ = [
     "check_optimizer_options",
     "optimizer_options",
     "register_optimizer",
+    "Shampoo",
 ]
