@@ -103,10 +103,20 @@ def test_root_override_and_factor_ema_bias_correction():
     assert torch.allclose(change, expected, atol=1e-10, rtol=1e-10)
 
 
-def test_vector_gets_one_factor_with_exponent_minus_half():
-    change, grads = _one_matrix_run((5,), steps=3)
+def test_short_vector_gets_one_factor_with_exponent_minus_half():
+    change, grads = _one_matrix_run((5,), steps=3, max_vector_preconditioner_dim=5)
     L = sum(torch.outer(g, g) for g in grads)
     assert torch.allclose(change, _dense_inverse_root(L, 2, 1e-3) @ grads[-1], atol=1e-10)
+
+
+def test_vectors_take_the_grafting_update_while_matrices_are_preconditioned():
+    options = dict(lr=0.01, betas=(0.9, 0.999), grafting="adam", grafting_beta2=0.999, grafting_epsilon=1e-8,
+                   precondition_frequency=1, start_preconditioning_step=1)
+    got, optimizer = _run(lambda p: Shampoo(p, **options))
+    expected, _ = _run(lambda p: torch.optim.Adam(p, lr=0.01, betas=(0.9, 0.999), eps=1e-8))
+    _assert_close(got[2:], expected[2:], atol=1e-6)  # the vector and the scalar: exactly Adam
+    assert not torch.allclose(got[1], expected[1], atol=1e-3)  # the matrix: preconditioned
+    assert "factor_0_0" not in optimizer.state[got[2]]
 
 
 def test_conv_kernel_is_preconditioned_as_its_matrix_view():
@@ -285,7 +295,7 @@ def test_failed_roots_keep_the_previous_preconditioner_then_raise():
 
 
 def test_pseudo_inverse_ignores_the_null_space_of_rank_deficient_factors():
-    change, grads = _one_matrix_run((5,), steps=2, pseudo_inverse=True, epsilon=0.0)
+    change, grads = _one_matrix_run((5,), steps=2, pseudo_inverse=True, epsilon=0.0, max_vector_preconditioner_dim=8)
     L = sum(torch.outer(g, g) for g in grads)  # rank 2 of 5
     values, vectors = torch.linalg.eigh(L)
     keep = values > 1e-10 * values.max()

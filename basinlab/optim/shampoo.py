@@ -6,8 +6,11 @@ preconditioner that captures correlations between rows and between columns at th
 of two small matrices per weight. How each parameter is treated:
 
 - Shape: size-1 dims are dropped; a tensor with more than two dims (a conv kernel) is
-  viewed as a matrix [dim0, product of the rest]; a vector gets one factor (exponent
-  -1/2, i.e. full-matrix AdaGrad on that vector); a scalar gets the grafting update only.
+  viewed as a matrix [dim0, product of the rest]. Vectors (biases, norm weights) and
+  scalars take the grafting optimizer's diagonal update, except vectors no longer than
+  ``max_vector_preconditioner_dim``, which get one factor (exponent -1/2: full-matrix
+  AdaGrad on that vector). A 1024-long bias would otherwise cost as much as a 1024-wide
+  weight matrix's factor, for little benefit.
 - Blocking: every dim longer than ``max_preconditioner_dim`` is cut into blocks, each
   with its own factors, so no factor is larger than max_preconditioner_dim squared.
 - Grafting: per block, the Shampoo direction is rescaled to the norm of a simple
@@ -96,6 +99,8 @@ class Shampoo(torch.optim.Optimizer):
         epsilon: added to the factors' eigenvalues before the inverse root.
         weight_decay: decoupled (AdamW-style) weight decay.
         max_preconditioner_dim: largest factor size; longer dims are blocked.
+        max_vector_preconditioner_dim: vectors up to this length get a full-matrix factor;
+            longer ones (and all, at the default 0) take the grafting update.
         precondition_frequency: steps between inverse-root recomputations.
         start_preconditioning_step: first step that uses the preconditioner (default:
             precondition_frequency); earlier steps take the grafting direction.
@@ -120,6 +125,7 @@ class Shampoo(torch.optim.Optimizer):
         epsilon: float = 1e-12,
         weight_decay: float = 0.0,
         max_preconditioner_dim: int = 1024,
+        max_vector_preconditioner_dim: int = 0,
         precondition_frequency: int = 10,
         start_preconditioning_step: int | None = None,
         grafting: str = "adam",
@@ -142,6 +148,10 @@ class Shampoo(torch.optim.Optimizer):
             (epsilon >= 0, f"epsilon must be >= 0, got {epsilon}"),
             (weight_decay >= 0, f"weight_decay must be >= 0, got {weight_decay}"),
             (max_preconditioner_dim >= 1, f"max_preconditioner_dim must be >= 1, got {max_preconditioner_dim}"),
+            (
+                max_vector_preconditioner_dim >= 0,
+                f"max_vector_preconditioner_dim must be >= 0, got {max_vector_preconditioner_dim}",
+            ),
             (precondition_frequency >= 1, f"precondition_frequency must be >= 1, got {precondition_frequency}"),
             (
                 start_preconditioning_step is None or start_preconditioning_step >= 1,
@@ -173,6 +183,7 @@ class Shampoo(torch.optim.Optimizer):
             epsilon=epsilon,
             weight_decay=weight_decay,
             max_preconditioner_dim=max_preconditioner_dim,
+            max_vector_preconditioner_dim=max_vector_preconditioner_dim,
             precondition_frequency=precondition_frequency,
             start_preconditioning_step=start_preconditioning_step,
             grafting=grafting,
@@ -249,7 +260,10 @@ class Shampoo(torch.optim.Optimizer):
         return usable
 
     def _blocks(self, param: torch.Tensor, group: dict[str, Any]) -> list[_Block]:
-        return blocks_of(matrix_shape(param.shape), group["max_preconditioner_dim"])
+        shape = matrix_shape(param.shape)
+        if len(shape) == 1 and shape[0] > group["max_vector_preconditioner_dim"]:
+            return []  # diagonal (grafting) update
+        return blocks_of(shape, group["max_preconditioner_dim"])
 
     def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
         state = self.state[param]
@@ -308,10 +322,11 @@ class Shampoo(torch.optim.Optimizer):
         for param in params:
             state = self.state[param]
             t = state["step"]
-            if t < start or (t - start) % frequency:
+            blocks = self._blocks(param, group)
+            if t < start or (t - start) % frequency or not blocks:
                 continue
             state["roots_computed"] += 1
-            for b, block in enumerate(self._blocks(param, group)):
+            for b, block in enumerate(blocks):
                 root = group["root_override"] or 2 * len(block.dims)
                 for k, dim in enumerate(block.dims):
                     warm = group["root_method"] == "eigenbasis" and f"eigvecs_{b}_{k}" in state
