@@ -21,6 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/batching.py
+	$(BIN)/python benchmarks/optimizer_step.py
 
 clean:
 	rm -rf $(VENV) runs

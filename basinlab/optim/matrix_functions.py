@@ -5,8 +5,10 @@ Two methods, both batched over leading dimensions (stacks of same-sized factors)
 - ``eigh_inverse_root``: exact, from a full symmetric eigendecomposition.
 - ``eigenbasis_inverse_root``: warm-started subspace iteration. Given the eigenvectors
   from the previous root computation (largest eigenvalue first), one step
-  ``Q <- qr(A Q)`` refines the basis and ``diag(Q^T A Q)`` estimates the eigenvalues. Factors change slowly between root
-  computations, so a single step tracks the basis at the cost of a matmul and a QR.
+  ``Q <- qr(A Q)`` refines the basis and the diagonal of the QR's triangle estimates
+  the eigenvalues. Factors change slowly between root computations, so a single step
+  tracks the basis at the cost of a matmul and a QR, which on GPUs is far cheaper than
+  a symmetric eigensolver (on a 2-core CPU the two cost about the same).
 
 Both compute ``Q diag(f(lambda)) Q^T`` with ``f(lambda) = (lambda + epsilon)^(-1/p)``,
 eigenvalues clamped at 0 first (round-off makes PSD matrices slightly indefinite). With
@@ -64,8 +66,10 @@ def eigenbasis_inverse_root(
     """
     basis = eigenvectors
     for _ in range(iterations):
-        basis, _ = torch.linalg.qr(matrix @ basis)
-    eigenvalues = ((matrix @ basis) * basis).sum(dim=-2)  # diag(Q^T A Q)
+        basis, triangle = torch.linalg.qr(matrix @ basis)
+    # A Q_old = Q_new R with Q_old close to the eigenbasis makes R nearly diagonal with
+    # |R_ii| ~ lambda_i: the eigenvalue estimate costs no second product with A.
+    eigenvalues = triangle.diagonal(dim1=-2, dim2=-1).abs()
     eigenvalues, order = eigenvalues.sort(dim=-1, descending=True)
     basis = basis.gather(-1, order.unsqueeze(-2).expand_as(basis))
     return _apply_root(eigenvalues, basis, root, epsilon, pseudo_inverse), basis
