@@ -297,10 +297,10 @@ class Shampoo(torch.optim.Optimizer):
         for b, block in enumerate(self._blocks(param, group)):
             g = view[block.index].to(dtype)
             if len(block.dims) == 1:
-                state[f"factor_{b}_0"].mul_(decay).addr_(g, g, alpha=weight)
-            else:
-                state[f"factor_{b}_0"].mul_(decay).addmm_(g, g.T, alpha=weight)
-                state[f"factor_{b}_1"].mul_(decay).addmm_(g.T, g, alpha=weight)
+                state[f"factor_{b}_0"].addr_(g, g, beta=decay, alpha=weight)
+            else:  # beta folds the EMA decay into the GEMM: no separate pass over the factor
+                state[f"factor_{b}_0"].addmm_(g, g.T, beta=decay, alpha=weight)
+                state[f"factor_{b}_1"].addmm_(g.T, g, beta=decay, alpha=weight)
         grafting = group["grafting"]
         if grafting == "adagrad":
             state["graft_accumulator"].addcmul_(grad, grad)
@@ -423,9 +423,8 @@ class Shampoo(torch.optim.Optimizer):
                 d = state[f"inv_root_{b}_0"] @ m
             else:
                 d = state[f"inv_root_{b}_0"] @ m @ state[f"inv_root_{b}_1"]
-            if group["grafting"] != "none":
-                norm = torch.linalg.vector_norm(d)
-                scale = torch.linalg.vector_norm(graft_view[block.index].to(dtype)) / norm
-                d = torch.where(norm > 0, d * scale, torch.zeros_like(d))
+            if group["grafting"] != "none":  # a zero direction stays zero (0 * finite scale)
+                norm = torch.linalg.vector_norm(d).clamp_min(torch.finfo(dtype).tiny)
+                d.mul_(torch.linalg.vector_norm(graft_view[block.index].to(dtype)) / norm)
             direction[block.index] = d
         return direction.reshape(m_hat.shape)
