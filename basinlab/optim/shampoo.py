@@ -38,6 +38,7 @@ same factor raise. Counts: ``diagnostics()``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -79,6 +80,15 @@ def blocks_of(shape: tuple[int, ...], max_dim: int) -> list[_Block]:
         _Block(tuple(slice(a, b) for a, b in combo), tuple(b - a for a, b in combo))
         for combo in itertools.product(*ranges)
     ] if shape else []
+
+
+@functools.lru_cache(maxsize=None)
+def _param_blocks(shape: tuple[int, ...], max_dim: int, max_vector_dim: int) -> list[_Block]:
+    """The blocks of a parameter shape (cached: asked three times per parameter per step)."""
+    matrix = matrix_shape(shape)
+    if len(matrix) == 1 and matrix[0] > max_vector_dim:
+        return []  # diagonal (grafting) update
+    return blocks_of(matrix, max_dim)
 
 
 def _factor_dtype(value: Any) -> torch.dtype:
@@ -260,10 +270,9 @@ class Shampoo(torch.optim.Optimizer):
         return usable
 
     def _blocks(self, param: torch.Tensor, group: dict[str, Any]) -> list[_Block]:
-        shape = matrix_shape(param.shape)
-        if len(shape) == 1 and shape[0] > group["max_vector_preconditioner_dim"]:
-            return []  # diagonal (grafting) update
-        return blocks_of(shape, group["max_preconditioner_dim"])
+        return _param_blocks(
+            tuple(param.shape), group["max_preconditioner_dim"], group["max_vector_preconditioner_dim"]
+        )
 
     def _init_state(self, param: torch.Tensor, group: dict[str, Any]) -> dict[str, Any]:
         state = self.state[param]
