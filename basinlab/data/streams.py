@@ -198,9 +198,6 @@ class TaskStream:
             batch = order[start + rank * share : start + (rank + 1) * share]
             yield self._gather(task, "train", batch)
 
-    def num_train_batches(self, task: int, batch_size: int) -> int:
-        return self.num_examples(task, "train") // batch_size
-
     def eval_batches(
         self, task: int, split: str, batch_size: int = 10_000
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
