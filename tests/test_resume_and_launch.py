@@ -1,5 +1,5 @@
 """Real processes: a run killed mid-way resumes to the same result, and a 2-rank
-`accelerate launch` (gloo on CPU) really has world size 2 and matches one process."""
+`accelerate launch` (gloo on CPU) really has world size 2, shards Shampoo, and matches one process."""
 
 import json
 import os
@@ -54,7 +54,8 @@ def test_killed_run_resumes_to_the_same_summary(tiny_config, tmp_path):
 
 
 def test_two_process_accelerate_launch_matches_one_process(tiny_config, tmp_path):
-    config = tiny_config(seeds=[0], data={"num_tasks": 2}, train={"max_epochs": 2})
+    optimizers = [{"name": "sgd", "lr": 0.05, "momentum": 0.9}, {"name": "shampoo", "lr": 0.002, "precondition_frequency": 5}]
+    config = tiny_config(seeds=[0], data={"num_tasks": 2}, train={"max_epochs": 2}, optimizers=optimizers)
     single, double = tmp_path / "one", tmp_path / "two"
     assert _run(config, "--output", single).returncode == 0
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
@@ -68,6 +69,9 @@ def test_two_process_accelerate_launch_matches_one_process(tiny_config, tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = _summary_without_timing(single), _summary_without_timing(double)
     assert one["world_size"] == 1 and two["world_size"] == 2
+    # distributed Shampoo really split its state over the two ranks
+    assert [u["optimizer_state_shards"] for u in two["units"]] == [1, 2]
+    assert [u["optimizer_state_shards"] for u in one["units"]] == [1, 1]
     for a, b in zip(one["units"], two["units"]):
         assert a["initial_accuracies"] == b["initial_accuracies"]
         assert a["epochs"] == b["epochs"]

@@ -205,6 +205,7 @@ class UnitTrainer:
             "optimizer_name": self.optimizer_config.name,
             "seed": self.seed,
             "world_size": self.accelerator.num_processes,
+            "optimizer_state_shards": self._optimizer_state_shards(),
             "initial_accuracies": initial,
             "accuracy_matrix": rows,
             **continual_metrics(rows, initial),
@@ -219,6 +220,13 @@ class UnitTrainer:
             "steps": self.step,
             "wall_time_s": time.perf_counter() - started,
         }
+
+
+    def _optimizer_state_shards(self) -> int:
+        """Over how many ranks the optimizer splits its state (distributed Shampoo), else 1."""
+        sharding = getattr(self.optimizer.optimizer, "sharding", None)
+        info = sharding() if sharding is not None else None
+        return info["world_size"] if info else 1
 
 
 def _tracker_config(config: RunConfig, optimizer: OptimizerConfig, seed: int) -> dict[str, Any]:

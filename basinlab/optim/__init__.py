@@ -1,4 +1,4 @@
-"""Optimizers and the name -> constructor registry. Imports nothing else from basinlab."""
+"""Optimizers, the name -> constructor registry, and sharded checkpoints (uses only basinlab.atomic)."""
 
 from basinlab.optim.registry import (
     available_optimizers,
@@ -7,6 +7,7 @@ from basinlab.optim.registry import (
     optimizer_options,
     register_optimizer,
 )
+from basinlab.optim.checkpoint import load_sharded_state, save_sharded_state
 from basinlab.optim.shampoo import Shampoo
 
 register_optimizer("shampoo", Shampoo)
@@ -15,7 +16,9 @@ __all__ = [
     "available_optimizers",
     "build_optimizer",
     "check_optimizer_options",
+    "load_sharded_state",
     "optimizer_options",
     "register_optimizer",
+    "save_sharded_state",
     "Shampoo",
 ]

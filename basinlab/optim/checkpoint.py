@@ -1,0 +1,64 @@
+"""Save and resume Shampoo's sharded state at any world size.
+
+Distributed, each rank's ``state_dict()`` holds only the blocks it owns, and the usual
+"rank 0 saves the optimizer" convention would lose the others. Here every rank writes its
+own shard (atomically) and loading merges all shards, so each rank picks the blocks it
+owns under the *current* world size: resuming on 1, 2 or 8 ranks continues the same run.
+The shards are small next to the model (only Shampoo's own blocks), so each rank reads
+all of them rather than coordinating through torch.distributed.checkpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import torch
+
+from basinlab.atomic import atomic_write
+from basinlab.optim.shampoo import Shampoo
+
+_SHARD = re.compile(r"shampoo-shard-(\d+)-of-(\d+)\.pt")
+
+
+def shard_name(rank: int, world_size: int) -> str:
+    return f"shampoo-shard-{rank:05d}-of-{world_size:05d}.pt"
+
+
+def save_sharded_state(optimizer: Shampoo, directory: str | Path) -> Path:
+    """Write this rank's shard of the optimizer state into ``directory`` (call on every rank)."""
+    state_dict = optimizer.state_dict()
+    sharding = state_dict.get("sharding") or {"rank": 0, "world_size": 1}
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    return atomic_write(Path(directory) / shard_name(sharding["rank"], sharding["world_size"]),
+                        lambda f: f.write(buffer.getvalue()))
+
+
+def load_sharded_state(optimizer: Shampoo, directory: str | Path) -> None:
+    """Load the shards in ``directory`` into ``optimizer``, re-sharding to the current world size."""
+    directory = Path(directory)
+    shards = {}
+    for path in sorted(directory.glob("shampoo-shard-*-of-*.pt")):
+        match = _SHARD.fullmatch(path.name)
+        if match:
+            shards[path] = (int(match[1]), int(match[2]))
+    if not shards:
+        raise FileNotFoundError(f"no Shampoo shards (shampoo-shard-*-of-*.pt) in {directory}; save with save_sharded_state")
+    world_sizes = {world for _, world in shards.values()}
+    if len(world_sizes) != 1:
+        raise ValueError(
+            f"{directory} mixes shards of runs with world sizes {sorted(world_sizes)}; keep one run's shards per folder"
+        )
+    world_size = world_sizes.pop()
+    missing = sorted(set(range(world_size)) - {rank for rank, _ in shards.values()})
+    if missing:
+        raise ValueError(f"{directory} lacks the shards of ranks {missing} (of {world_size}); copy every rank's file")
+    merged: dict = {"state": {}}
+    for path in shards:
+        shard = torch.load(path, map_location="cpu", weights_only=True)
+        merged.setdefault("param_groups", shard["param_groups"])
+        for index, values in shard["state"].items():
+            merged["state"].setdefault(index, {}).update(values)
+    optimizer.load_state_dict(merged)
