@@ -255,7 +255,6 @@ class Shampoo(torch.optim.Optimizer):
         self._comm: _Comm | None = None
         self._comm_resolved = False
         self._cached_plan: _Plan | None = None
-        self._constructed_shapes = [[tuple(p.shape) for p in g["params"]] for g in self.param_groups]
 
     # ----------------------------------------------------------------- public helpers
 
@@ -377,7 +376,7 @@ class Shampoo(torch.optim.Optimizer):
         signature = self._signature()
         if self._cached_plan is not None and self._cached_plan.signature == signature:
             return self._cached_plan
-        self._refuse_flat_partitions()
+        self._refuse_flat_partitions(self.param_groups)
         if not self._comm_resolved:
             self._comm = self._resolve_comm()
             self._comm_resolved = True
@@ -395,12 +394,25 @@ class Shampoo(torch.optim.Optimizer):
         self._cached_plan = _Plan(signature, blocks, costs, self._comm, layout)
         return self._cached_plan
 
-    def _refuse_flat_partitions(self) -> None:
-        """DeepSpeed ZeRO >= 1 swaps our parameters for flat 1-D partitions: refuse, loudly."""
-        for group, shapes in zip(self.param_groups, self._constructed_shapes):
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """As torch's, remembering the group's parameter shapes (see _refuse_flat_partitions)."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group["param_shapes"] = [tuple(p.shape) for p in group["params"]]
+        self._refuse_flat_partitions([group])
+
+    def _refuse_flat_partitions(self, groups: list[dict[str, Any]]) -> None:
+        """DeepSpeed ZeRO >= 1 swaps our parameters for flat 1-D partitions: refuse, loudly.
+
+        The shapes are kept in the group dict itself: ZeRO keeps the dicts but swaps their
+        "params", and at stages 1-2 steps one group at a time. ZeRO-3 partitioned
+        parameters (built under zero.Init) carry ``ds_id`` and are already flat here.
+        """
+        for group in groups:
             now = [tuple(p.shape) for p in group["params"]]
-            partitioned = any(hasattr(p, "ds_shape") for p in group["params"])
-            flattened = now != shapes and all(len(s) <= 1 for s in now) and any(len(s) >= 2 for s in shapes)
+            partitioned = any(hasattr(p, "ds_id") for p in group["params"])
+            constructed = [tuple(shape) for shape in group.get("param_shapes", now)]
+            flattened = now != constructed and all(len(shape) <= 1 for shape in now)
             if partitioned or flattened:
                 raise RuntimeError(
                     "Shampoo: its parameters were replaced by flat 1-D partitions, as DeepSpeed ZeRO stage >= 1 "
@@ -450,7 +462,7 @@ class Shampoo(torch.optim.Optimizer):
         """All-gather every rank's directions, then apply each parameter whose blocks were all computed."""
         with record_function("shampoo.communication"):
             gathered = send.new_empty(plan.layout.segment_size * plan.comm.world_size)
-            dist.all_gather_into_tensor(gathered, send, group=plan.comm.group)
+            dist.all_gather_single(gathered, send, group=plan.comm.group)
             flags = gathered[plan.flag_positions(gathered.device)].tolist()
         index = 0
         for group in self.param_groups:
