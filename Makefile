@@ -22,6 +22,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/batching.py
 	$(BIN)/python benchmarks/optimizer_step.py
+	$(BIN)/python benchmarks/distributed_shampoo.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -194,10 +194,11 @@ def test_config_files_load_where_they_are_used():
         # 2 CPU ranks); DeepSpeed derives it correctly when absent.
         assert "train_batch_size" not in config
 
-    ds = load_config_from_file(str(ROOT / "configs/accelerate/deepspeed_cpu_2proc.yaml"))
-    assert ds.distributed_type == "DEEPSPEED" and ds.num_processes == 2 and ds.use_cpu is False
-    assert ds.mixed_precision is None  # any value here is refused next to a deepspeed_config_file
-    assert (ROOT / ds.deepspeed_config["deepspeed_config_file"]).is_file()
+    for name, processes in (("deepspeed_cpu_2proc", 2), ("deepspeed_multi_gpu", 8)):
+        ds = load_config_from_file(str(ROOT / f"configs/accelerate/{name}.yaml"))
+        assert ds.distributed_type == "DEEPSPEED" and ds.num_processes == processes and ds.use_cpu is False
+        assert ds.mixed_precision is None  # any value here is refused next to a deepspeed_config_file
+        assert (ROOT / ds.deepspeed_config["deepspeed_config_file"]).is_file()
 
     # The multi-node template resolves to the torchrun topology its comments promise, per node.
     for rank in (0, 1):

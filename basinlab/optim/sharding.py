@@ -36,7 +36,7 @@ class ShardLayout:
 
     Rank r's segment holds the directions of the blocks it owns, in block order, then
     one flag per owned block (1 = the owner computed this block's direction this step).
-    Segments are padded to the longest so the gather is one ``all_gather_into_tensor``.
+    Segments are padded to the longest so the gather is one ``all_gather_single``.
     """
 
     owners: tuple[int, ...]
