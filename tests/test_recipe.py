@@ -115,3 +115,34 @@ def test_optimizer_state_carries_over_or_resets(tiny_config, mnist_arrays):
         steps[reset] = int(torch.as_tensor(state["step"]).item())
     per_task = 300 // 64
     assert steps == {False: 2 * per_task, True: per_task}
+
+
+def test_sparsity_arms_prune_and_report(tiny_config, tmp_path):
+    """Powerprop and L1 arms next to SGD and the sparsity preconditioner; pruning curves land in the report."""
+    config = tiny_config(
+        optimizers=[
+            {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+            {"name": "sgd", "label": "powerprop-a2", "lr": 0.05, "momentum": 0.9, "model": {"powerprop_alpha": 2.0}},
+            {"name": "sgd", "label": "sgd-l1", "lr": 0.05, "momentum": 0.9, "l1_penalty": 1e-3},
+            {"name": "sparsity", "label": "sparsity-b1", "lr": 0.5, "beta": 1.0, "momentum": 0.9},
+        ],
+        sparsity={"prune": True, "keep_fractions": [1.0, 0.1, 0.01], "finetune_steps": 3},
+        log_with="none",
+    )
+    run = run_experiment(load_config(config), tmp_path / "out")
+    summary = json.loads((run / "summary.json").read_text())
+    units = {u["optimizer"]: u for u in summary["units"]}
+    for unit in units.values():
+        pruning = unit["pruning"]
+        assert pruning["keep"] == [1.0, 0.1, 0.01] and pruning["finetune_steps"] == 3
+        assert pruning["accuracy"][0] == pytest.approx(unit["acc"])  # keeping everything is the trained model
+        assert pruning["accuracy"][2] < pruning["accuracy"][0]
+        assert len(pruning["finetuned_accuracy"]) == 3
+    # Powerprop starts from the same effective weights as the plain MLP of the seed
+    assert units["powerprop-a2"]["initial_accuracies"] == units["sgd"]["initial_accuracies"]
+    # the L1 penalty drives more weights towards zero than plain SGD
+    assert units["sgd-l1"]["weights_below"][-1]["0.001"] > units["sgd"]["weights_below"][-1]["0.001"]
+    report = (run / "report.md").read_text()
+    assert "## Sparsity" in report and "| powerprop-a2 (+fine-tune) |" in report
+    assert (run / "plots" / "pruning_curves.png").is_file()
+    assert summary["aggregate"]["sparsity-b1"]["pruning"]["accuracy"]["mean"][0] == pytest.approx(units["sparsity-b1"]["acc"])

@@ -99,6 +99,28 @@ def cross_class_cosine(summary: dict[str, Any], path: Path) -> Path:
     return _save(fig, path)
 
 
+def pruning_curves(summary: dict[str, Any], path: Path) -> Path:
+    aggregate = {label: agg for label, agg in summary["aggregate"].items() if "pruning" in agg}
+    kinds = [k for k in ("accuracy", "finetuned_accuracy") if any(k in a["pruning"] for a in aggregate.values())]
+    fig, axes = _panels(len(kinds), width=5.0)
+    for ax, kind in zip(axes, kinds):
+        for label, agg in aggregate.items():
+            if kind not in agg["pruning"]:
+                continue
+            kept = 100 * np.array(agg["pruning"]["keep"])
+            mean, std = np.array(agg["pruning"][kind]["mean"]), np.array(agg["pruning"][kind]["std"])
+            (line,) = ax.semilogx(kept, mean, marker="o", label=label)
+            ax.fill_between(kept, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.invert_xaxis()
+        ax.set_xlabel("weights kept (%), log scale")
+        ax.set_ylabel("mean test accuracy over tasks (mean ± std over seeds)")
+        ax.set_title("after pruning" if kind == "accuracy" else "after pruning + masked fine-tune")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend()
+    fig.suptitle(f"Magnitude pruning ({next(iter(aggregate.values()))['pruning']['scope']} ranking)")
+    return _save(fig, path)
+
+
 PLOTS = {
     "accuracy_matrix.png": accuracy_matrices,
     "average_accuracy.png": accuracy_curves,
@@ -111,4 +133,7 @@ def write_plots(summary: dict[str, Any], folder: Path) -> list[Path]:
     """Draw every figure of ``summary`` into ``folder``; returns the paths."""
     if not summary["aggregate"]:
         return []
-    return [draw(summary, folder / name) for name, draw in PLOTS.items()]
+    paths = [draw(summary, folder / name) for name, draw in PLOTS.items()]
+    if any("pruning" in agg for agg in summary["aggregate"].values()):
+        paths.append(pruning_curves(summary, folder / "pruning_curves.png"))
+    return paths

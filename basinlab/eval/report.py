@@ -33,6 +33,30 @@ def comparison_table(summary: dict[str, Any]) -> str:
     return "\n".join([header, rule, *rows])
 
 
+def pruning_table(summary: dict[str, Any]) -> str:
+    """Markdown table: accuracy after pruning per kept fraction, and small-weight fractions; '' if not measured."""
+    aggregate = {label: agg for label, agg in summary["aggregate"].items() if "pruning" in agg}
+    if not aggregate:
+        return ""
+    keep = next(iter(aggregate.values()))["pruning"]["keep"]
+    thresholds = list(next(iter(aggregate.values())).get("final_weights_below", {}))
+    header = (
+        "| optimizer | " + " | ".join(f"{100 * k:g}% kept" for k in keep) + " | "
+        + " | ".join(f"share |w| < {t}" for t in thresholds) + " |"
+    )
+    rule = "|" + "---|" * (len(keep) + len(thresholds) + 1)
+    rows = []
+    for label, agg in aggregate.items():
+        for kind, suffix in (("accuracy", ""), ("finetuned_accuracy", " (+fine-tune)")):
+            if kind not in agg["pruning"]:
+                continue
+            curve = agg["pruning"][kind]
+            cells = [f"{m:.3f} ± {s:.3f}" for m, s in zip(curve["mean"], curve["std"])]
+            below = [_cell(agg["final_weights_below"][t], 3) for t in thresholds] if not suffix else [""] * len(thresholds)
+            rows.append(f"| {label}{suffix} | " + " | ".join(cells + below) + " |")
+    return "\n".join([header, rule, *rows])
+
+
 def render_report(summary: dict[str, Any], plots: list[str]) -> str:
     wall = sum(u.get("wall_time_s", 0.0) for u in summary["units"])
     options = "\n".join(
@@ -57,6 +81,11 @@ def render_report(summary: dict[str, Any], plots: list[str]) -> str:
         "the last hidden layer after the final task; lower rank and cosine mean more compact, less "
         "overlapping class representations.",
         "",
+        *(
+            ["## Sparsity: accuracy after magnitude pruning (mean ± std over seeds)", "", pruning_table(summary), ""]
+            if pruning_table(summary)
+            else []
+        ),
         "## Figures",
         "",
         *[f"![{name}](plots/{name})\n" for name in plots],

@@ -36,6 +36,11 @@ CONVENTIONS = {
     "on the pooled probe sets of the tasks seen so far (Roy & Vetterli 2007)",
     "cross_class_cosine": "mean off-diagonal cosine similarity between class-mean activations on the same probes",
     "first_task_cka": "linear CKA between task-1 probe activations right after task 1 and after each later task",
+    "weights_below": "fraction of weight-matrix entries (effective weights for Powerprop) with |w| below each "
+    "threshold, after each task",
+    "pruning": "mean test accuracy over all tasks after the last task, with all but the largest `keep` fraction of "
+    "weight-matrix entries zeroed (ranked globally or per layer; biases kept), without retraining or after "
+    "`finetune_steps` masked steps on the last task",
 }
 
 
@@ -71,6 +76,7 @@ def build_summary(config: dict[str, Any], units: list[dict[str, Any]]) -> dict[s
             "mean_final_cross_class_cosine": np.nanmean(
                 np.array([u["final_cross_class_cosine"] for u in group], dtype=float), axis=0
             ).tolist(),
+            **sparsity_aggregate(group),
         }
     first = units[0] if units else {}
     return {
@@ -87,6 +93,24 @@ def build_summary(config: dict[str, Any], units: list[dict[str, Any]]) -> dict[s
         "units": sorted(units, key=lambda u: (labels.index(u["optimizer"]), u["seed"])),
         "complete": len(units) == len(labels) * len(config["seeds"]),
     }
+
+
+def sparsity_aggregate(group: list[dict[str, Any]]) -> dict[str, Any]:
+    """Small-weight fractions after the last task and, when measured, the pruning curves."""
+    result = {}
+    if all("weights_below" in u for u in group):
+        thresholds = group[0]["weights_below"][-1]
+        result["final_weights_below"] = {t: mean_std([u["weights_below"][-1][t] for u in group]) for t in thresholds}
+    if all("pruning" in u for u in group):
+        first = group[0]["pruning"]
+        pruning = {"scope": first["scope"], "keep": first["keep"]}
+        for key in ("accuracy", "finetuned_accuracy"):
+            if key in first:
+                pruning[key] = mean_std_curves([u["pruning"][key] for u in group])
+        if "finetune_steps" in first:
+            pruning["finetune_steps"] = first["finetune_steps"]
+        result["pruning"] = pruning
+    return result
 
 
 def mean_std_curves(curves: list[list[float]]) -> dict[str, list[float]]:

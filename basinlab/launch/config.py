@@ -51,13 +51,16 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     hidden_sizes: list[int] = field(default_factory=lambda: [100])
+    powerprop_alpha: Optional[float] = None  # Powerpropagation layers w = v|v|^(alpha-1); null = plain
 
-    def check(self) -> None:
+    def check(self, prefix: str = "model") -> None:
         _require(
             bool(self.hidden_sizes) and all(h >= 1 for h in self.hidden_sizes),
-            "model.hidden_sizes",
+            f"{prefix}.hidden_sizes",
             "must be a non-empty list of positive layer widths",
         )
+        if self.powerprop_alpha is not None:
+            _require(self.powerprop_alpha >= 1, f"{prefix}.powerprop_alpha", "must be >= 1 or null")
 
 
 @dataclass
@@ -74,15 +77,42 @@ class TrainConfig:
 
 
 @dataclass
+class SparsityConfig:
+    """Magnitude-pruning evaluation after the last task, and small-weight fractions after each."""
+
+    prune: bool = False  # accuracy after pruning to each keep fraction, at the end of every unit
+    keep_fractions: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01])
+    scope: str = "global"  # global | layer: rank weights across all layers or within each
+    finetune_steps: int = 0  # also: this many masked training steps on the last task before evaluating
+    thresholds: list[float] = field(default_factory=lambda: [1e-3, 1e-2])  # |w| below these, after each task
+
+    def check(self) -> None:
+        _require(
+            bool(self.keep_fractions) and all(0 < k <= 1 for k in self.keep_fractions),
+            "sparsity.keep_fractions",
+            "must be a non-empty list of fractions in (0, 1]",
+        )
+        _require(self.scope in ("global", "layer"), "sparsity.scope", "must be global or layer")
+        _require(self.finetune_steps >= 0, "sparsity.finetune_steps", "must be >= 0")
+        _require(all(t > 0 for t in self.thresholds), "sparsity.thresholds", "must be positive")
+
+
+@dataclass
 class OptimizerConfig:
-    """One optimizer of the comparison: a registry name, a label, and its keyword options."""
+    """One arm of the comparison: a registry name, a label and its keyword options, plus what
+    the arm changes besides the optimizer (model overrides such as Powerprop, an L1 penalty)."""
 
     name: str
     label: str
     options: dict[str, Any]
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the run's model section
+    l1_penalty: float = 0.0  # adds l1_penalty * sum |w| over the weight matrices to the loss
 
     def to_yaml(self) -> dict[str, Any]:
-        return {"name": self.name, "label": self.label, **self.options}
+        extras = {"model": self.model} if self.model else {}
+        if self.l1_penalty:
+            extras["l1_penalty"] = self.l1_penalty
+        return {"name": self.name, "label": self.label, **self.options, **extras}
 
 
 @dataclass
@@ -92,6 +122,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     optimizers: list[OptimizerConfig] = field(default_factory=list)
     log_with: str = "tensorboard"  # tensorboard | none
 
@@ -105,6 +136,16 @@ class RunConfig:
         self.data.check()
         self.model.check()
         self.train.check()
+        self.sparsity.check()
+        for optimizer in self.optimizers:
+            self.model_for(optimizer)
+
+    def model_for(self, optimizer: OptimizerConfig) -> ModelConfig:
+        """The run's model section with ``optimizer``'s overrides applied (checked)."""
+        prefix = f"optimizers.{optimizer.label}.model"
+        model = _section(ModelConfig, {**dataclasses.asdict(self.model), **optimizer.model}, prefix)
+        model.check(prefix)
+        return model
 
     def to_yaml(self) -> dict[str, Any]:
         raw = dataclasses.asdict(self)
@@ -162,11 +203,16 @@ def _optimizer(raw: Any, index: int) -> OptimizerConfig:
     label = options.pop("label", name)
     if not isinstance(label, str) or not _LABEL.match(label):
         raise UserError(f"config key '{key}.label' must be letters, digits, '_.+-', got {label!r}")
+    model = options.pop("model", {})
+    if not isinstance(model, dict):
+        raise UserError(f"config key '{key}.model' must be a mapping of model overrides, e.g. {{powerprop_alpha: 2}}")
+    l1_penalty = _coerce(options.pop("l1_penalty", 0.0), float, f"{key}.l1_penalty")
+    _require(l1_penalty >= 0, f"{key}.l1_penalty", "must be >= 0")
     try:  # constructing on a throwaway parameter runs the optimizer's own value checks
         build_optimizer(name, [torch.nn.Parameter(torch.zeros(2, 2))], **options)
     except (ValueError, TypeError) as err:
         raise UserError(f"config key '{key}' ({label}): {err}") from None
-    return OptimizerConfig(name=name.lower(), label=label, options=options)
+    return OptimizerConfig(name=name.lower(), label=label, options=options, model=model, l1_penalty=l1_penalty)
 
 
 def config_from_dict(raw: Any) -> RunConfig:
@@ -178,7 +224,7 @@ def config_from_dict(raw: Any) -> RunConfig:
     unknown = sorted(set(raw) - fields)
     if unknown:
         raise UserError(f"unknown config key '{unknown[0]}'; valid top-level keys: {', '.join(sorted(fields))}")
-    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sparsity": SparsityConfig}
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key in sections:

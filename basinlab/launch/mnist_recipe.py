@@ -10,6 +10,7 @@ early-stopping decisions without extra communication; only the main process writ
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -26,6 +27,7 @@ from basinlab.data.mnist import load_mnist
 from basinlab.data.streams import NUM_CLASSES, NUM_PIXELS, TaskStream, build_tasks
 from basinlab.errors import UserError
 from basinlab.eval.continual import continual_metrics, forgetting_per_task
+from basinlab.eval.sparsity import fraction_below, pruning_curve
 from basinlab.eval.representation import (
     class_mean_cosine,
     covariance_spectrum,
@@ -35,7 +37,7 @@ from basinlab.eval.representation import (
 )
 from basinlab.launch.config import OptimizerConfig, RunConfig
 from basinlab.launch.rundir import RunDirectory, unit_id
-from basinlab.models import MLP
+from basinlab.models import MLP, effective_weights
 from basinlab.optim import build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -83,11 +85,26 @@ class UnitTrainer:
         self.progress = progress
         self.unit = unit_id(optimizer_config.label, seed)
         self.step = 0
-        model = MLP(NUM_PIXELS, config.model.hidden_sizes, NUM_CLASSES, seed=seed)
+        model_config = config.model_for(optimizer_config)
+        model = MLP(
+            NUM_PIXELS, model_config.hidden_sizes, NUM_CLASSES, seed=seed, powerprop_alpha=model_config.powerprop_alpha
+        )
         self.model, self.optimizer = accelerator.prepare(model, self._new_optimizer(model))
 
     def _new_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         return build_optimizer(self.optimizer_config.name, model.parameters(), **self.optimizer_config.options)
+
+    def _weight_matrices(self) -> list[torch.nn.Parameter]:
+        """The parameters magnitude pruning and the L1 penalty act on (Powerprop: v, same ranking as w)."""
+        return [p for p in self.net.parameters() if p.dim() >= 2]
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(objective to minimise, cross-entropy to report): the objective adds the arm's L1 penalty."""
+        loss = F.cross_entropy(self.model(x), y)
+        penalty = self.optimizer_config.l1_penalty
+        if not penalty:
+            return loss, loss
+        return loss + penalty * sum(w.abs().sum() for w in self._weight_matrices()), loss
 
     @property
     def net(self) -> MLP:
@@ -119,9 +136,9 @@ class UnitTrainer:
                 rank=self.accelerator.process_index,
                 world_size=self.accelerator.num_processes,
             ):
-                loss = F.cross_entropy(self.model(x), y)
+                objective, loss = self._loss(x, y)
                 self.optimizer.zero_grad(set_to_none=True)
-                self.accelerator.backward(loss)
+                self.accelerator.backward(objective)
                 self.optimizer.step()
                 loss_sum += loss.detach()
                 batches += 1
@@ -177,6 +194,7 @@ class UnitTrainer:
                 "effective_rank": effective_rank_from_spectrum(spectrum),
                 "cross_class_cosine_mean": mean_off_diagonal(cosine),
                 "first_task_cka": linear_cka(first_task_features, task0_features),
+                "weights_below": fraction_below(effective_weights(self.net), self.config.sparsity.thresholds),
             }
             per_task.append(evaluation)
             self._record("task", **evaluation)
@@ -217,10 +235,54 @@ class UnitTrainer:
             "first_task_cka": [t["first_task_cka"] for t in per_task],
             "final_covariance_spectrum": spectrum.tolist(),
             "final_cross_class_cosine": cosine.tolist(),
+            "weights_below": [t["weights_below"] for t in per_task],
+            **({"pruning": self._pruning()} if self.config.sparsity.prune else {}),
             "steps": self.step,
             "wall_time_s": time.perf_counter() - started,
         }
 
+
+    def _pruning(self) -> dict[str, Any]:
+        """Mean test accuracy over all tasks after magnitude pruning to each keep fraction."""
+        sparsity = self.config.sparsity
+        batch = self.config.train.eval_batch_size
+
+        def mean_accuracy() -> float:
+            self.net.eval()
+            return sum(accuracy(self.net, self.stream, t, "test", batch) for t in range(len(self.stream))) / len(
+                self.stream
+            )
+
+        result = {"scope": sparsity.scope, "keep": list(sparsity.keep_fractions)}
+        curve = pruning_curve(self.net, self._weight_matrices(), mean_accuracy, sparsity.keep_fractions, sparsity.scope)
+        result["accuracy"] = [point["accuracy"] for point in curve]
+        if sparsity.finetune_steps:
+            curve = pruning_curve(
+                self.net, self._weight_matrices(), mean_accuracy, sparsity.keep_fractions, sparsity.scope,
+                finetune=self._masked_finetune,
+            )
+            result["finetune_steps"] = sparsity.finetune_steps
+            result["finetuned_accuracy"] = [point["accuracy"] for point in curve]
+        return result
+
+    def _masked_finetune(self, masks: list[torch.Tensor]) -> None:
+        """A few steps on the last task with a fresh optimizer, pruned weights held at zero."""
+        optimizer = self._new_optimizer(self.net)
+        task, batch = len(self.stream) - 1, self.config.train.batch_size
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        batches = (
+            b for epoch in itertools.count()
+            for b in self.stream.train_batches(task, batch, seed=self.seed, epoch=epoch, rank=rank, world_size=world)
+        )
+        self.model.train()
+        for x, y in itertools.islice(batches, self.config.sparsity.finetune_steps):
+            objective, _ = self._loss(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            self.accelerator.backward(objective)
+            optimizer.step()
+            with torch.no_grad():
+                for weight, mask in zip(self._weight_matrices(), masks):
+                    weight.mul_(mask)
 
     def _optimizer_state_shards(self) -> int:
         """Over how many ranks the optimizer splits its state (distributed Shampoo), else 1."""

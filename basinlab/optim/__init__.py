@@ -9,8 +9,10 @@ from basinlab.optim.registry import (
 )
 from basinlab.optim.checkpoint import load_sharded_state, save_sharded_state
 from basinlab.optim.shampoo import Shampoo
+from basinlab.optim.sparsity import SparsityPreconditioned
 
 register_optimizer("shampoo", Shampoo)
+register_optimizer("sparsity", SparsityPreconditioned)
 
 __all__ = [
     "available_optimizers",
@@ -21,4 +23,5 @@ __all__ = [
     "register_optimizer",
     "save_sharded_state",
     "Shampoo",
+    "SparsityPreconditioned",
 ]
