@@ -161,3 +161,12 @@ def test_linear_cka_shape_errors_and_constant_input():
     with pytest.raises(ValueError, match="same number of rows"):
         linear_cka(torch.randn(4, 2), torch.randn(5, 2))
     assert math.isnan(linear_cka(torch.ones(4, 2), torch.randn(4, 2)))
+
+
+def test_a_diverged_representation_gives_nan_metrics_not_errors():
+    h = torch.full((40, 6), float("nan"))
+    labels = torch.arange(40) % 4
+    spectrum = covariance_spectrum(h)
+    assert spectrum.shape == (6,) and spectrum.isnan().all()
+    assert math.isnan(effective_rank_from_spectrum(spectrum))
+    assert math.isnan(mean_off_diagonal(class_mean_cosine(h, labels, 4)))

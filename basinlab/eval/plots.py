@@ -24,6 +24,11 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
+def _number(value: float | None, digits: int) -> str:
+    """A metric for a title or legend; None (every seed diverged) reads n/a."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def _panels(count: int, width: float = 3.6, height: float = 3.4):
     fig, axes = plt.subplots(1, count, figsize=(width * count, height), squeeze=False)
     return fig, axes[0]
@@ -74,7 +79,7 @@ def covariance_spectra(summary: dict[str, Any], path: Path) -> Path:
         spectrum = np.array(agg["mean_final_covariance_spectrum"])
         share = spectrum / spectrum.sum() if spectrum.sum() > 0 else spectrum
         rank = agg["final_effective_rank"]["mean"]
-        ax.semilogy(np.arange(1, len(share) + 1), np.clip(share, 1e-12, None), label=f"{label} (erank {rank:.1f})")
+        ax.semilogy(np.arange(1, len(share) + 1), np.clip(share, 1e-12, None), label=f"{label} (erank {_number(rank, 1)})")
     ax.set_title("Covariance spectrum of hidden representations after the last task")
     ax.set_xlabel("eigenvalue index")
     ax.set_ylabel("share of variance (mean over seeds)")
@@ -89,7 +94,7 @@ def cross_class_cosine(summary: dict[str, Any], path: Path) -> Path:
     for ax, (label, agg) in zip(axes, aggregate.items()):
         matrix = np.array(agg["mean_final_cross_class_cosine"], dtype=float)
         image = ax.imshow(matrix, vmin=min(0.0, np.nanmin(matrix)), vmax=1, cmap="magma")
-        ax.set_title(f"{label}: mean off-diag {agg['final_cross_class_cosine']['mean']:.3f}")
+        ax.set_title(f"{label}: mean off-diag {_number(agg['final_cross_class_cosine']['mean'], 3)}")
         ax.set_xlabel("class")
         ax.set_ylabel("class")
         ax.set_xticks(range(len(matrix)))

@@ -37,18 +37,23 @@ def _centred(h: torch.Tensor, name: str) -> torch.Tensor:
 def covariance_spectrum(h: torch.Tensor) -> torch.Tensor:
     """Eigenvalues of the sample covariance of h [N, D] (divisor N-1), descending, length D.
 
-    Round-off negatives of a positive semi-definite matrix are clamped to 0.
+    Round-off negatives of a positive semi-definite matrix are clamped to 0. Non-finite
+    activations (a diverged model) give an all-NaN spectrum instead of a LAPACK error.
     """
     x = _centred(h, "h")
     cov = x.T @ x / (x.shape[0] - 1)
+    if not bool(torch.isfinite(cov).all()):
+        return torch.full((cov.shape[0],), math.nan, dtype=cov.dtype, device=cov.device)
     return torch.linalg.eigvalsh(cov).flip(0).clamp_min(0.0)
 
 
 def effective_rank_from_spectrum(s: torch.Tensor) -> float:
-    """Roy & Vetterli effective rank of a non-negative 1-D spectrum; NaN if it sums to 0."""
+    """Roy & Vetterli effective rank of a non-negative 1-D spectrum; NaN if it sums to 0 or is not finite."""
     s = torch.as_tensor(s).to(torch.float64)
     if s.ndim != 1:
         raise ValueError(f"spectrum must be 1-D, got shape {tuple(s.shape)}")
+    if not bool(torch.isfinite(s).all()):
+        return math.nan
     if bool((s < 0).any()):
         raise ValueError("spectrum must be non-negative (eigenvalues of a covariance)")
     total = s.sum()
@@ -70,7 +75,7 @@ def effective_rank(h: torch.Tensor) -> float:
 def class_mean_cosine(h: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """C x C cosine similarity between the class means of h [N, D] (labels in [0, C)).
 
-    Rows and columns of classes absent from ``labels`` are NaN. A class whose mean is
+    Rows and columns of classes absent from ``labels`` (or with a non-finite mean) are NaN. A class whose mean is
     the zero vector has no direction: its row and column are 0, its diagonal included,
     so the diagonal reads 1 (normal), 0 (zero mean) or NaN (absent).
     """
@@ -98,7 +103,7 @@ def class_mean_cosine(h: torch.Tensor, labels: torch.Tensor, num_classes: int) -
     unit = torch.where(nonzero.unsqueeze(1), means / norms.clamp_min(1e-300).unsqueeze(1), 0.0)
     cos = (unit @ unit.T).clamp(-1.0, 1.0)
     cos.diagonal().copy_(nonzero.to(torch.float64))
-    absent = ~present
+    absent = ~present | ~torch.isfinite(means).all(dim=1)
     cos[absent, :] = math.nan
     cos[:, absent] = math.nan
     return cos

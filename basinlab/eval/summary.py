@@ -7,6 +7,7 @@ optimizer, mean, standard deviation and count over seeds of the headline metrics
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -72,10 +73,8 @@ def build_summary(config: dict[str, Any], units: list[dict[str, Any]]) -> dict[s
             "mean_accuracy_matrix": np.mean([u["accuracy_matrix"] for u in group], axis=0).tolist(),
             "average_accuracy_curve": mean_std_curves([average_accuracy_curve(u["accuracy_matrix"]) for u in group]),
             "first_task_accuracy_curve": mean_std_curves([[row[0] for row in u["accuracy_matrix"]] for u in group]),
-            "mean_final_covariance_spectrum": np.mean([u["final_covariance_spectrum"] for u in group], axis=0).tolist(),
-            "mean_final_cross_class_cosine": np.nanmean(
-                np.array([u["final_cross_class_cosine"] for u in group], dtype=float), axis=0
-            ).tolist(),
+            "mean_final_covariance_spectrum": nan_mean([u["final_covariance_spectrum"] for u in group]),
+            "mean_final_cross_class_cosine": nan_mean([u["final_cross_class_cosine"] for u in group]),
             **sparsity_aggregate(group),
         }
     first = units[0] if units else {}
@@ -93,6 +92,14 @@ def build_summary(config: dict[str, Any], units: list[dict[str, Any]]) -> dict[s
         "units": sorted(units, key=lambda u: (labels.index(u["optimizer"]), u["seed"])),
         "complete": len(units) == len(labels) * len(config["seeds"]),
     }
+
+
+def nan_mean(values: list) -> list:
+    """Elementwise mean over seeds ignoring NaN (stored as null: a diverged unit); NaN where all are."""
+    array = np.array(values, dtype=float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices are expected, and NaN is the answer
+        return np.nanmean(array, axis=0).tolist()
 
 
 def sparsity_aggregate(group: list[dict[str, Any]]) -> dict[str, Any]:

@@ -147,7 +147,10 @@ class UnitTrainer:
             self.net.eval()
             val_accuracy = accuracy(self.net, self.stream, task, "val", train.eval_batch_size)
             epochs = epoch + 1
-            self._record("epoch", task=task, epoch=epoch, train_loss=train_loss, val_accuracy=val_accuracy)
+            below = fraction_below(effective_weights(self.net), self.config.sparsity.thresholds)
+            self._record(
+                "epoch", task=task, epoch=epoch, train_loss=train_loss, val_accuracy=val_accuracy, weights_below=below
+            )
             self.accelerator.log(
                 {f"task{task}/train_loss": train_loss, f"task{task}/val_accuracy": val_accuracy}, step=self.step
             )

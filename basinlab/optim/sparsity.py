@@ -88,21 +88,34 @@ class SparsityPreconditioned(torch.optim.Optimizer):
             if not params:
                 continue
             directions = self._base_directions(params, group)
-            preconditioned = [
-                i for i, p in enumerate(params) if p.dim() >= 2 or group["precondition_vectors"]
-            ]
-            if group["beta"] != 0 and preconditioned:
-                weights = torch._foreach_abs([params[i] for i in preconditioned])
-                if group["floor"]:
-                    torch._foreach_clamp_min_(weights, group["floor"])
-                torch._foreach_pow_(weights, group["beta"])
-                scaled = torch._foreach_mul(weights, [directions[i] for i in preconditioned])
-                for i, direction in zip(preconditioned, scaled):
-                    directions[i] = direction
+            lr, beta = group["lr"], group["beta"]
+            gets_p = [beta != 0 and (p.dim() >= 2 or group["precondition_vectors"]) for p in params]
+            preconditioned = [p for p, s in zip(params, gets_p) if s]
+            # P from theta before the decay; one fused addcmul then applies -lr * P * d
+            weights = self._preconditioner(preconditioned, group) if preconditioned else []
             if group["weight_decay"]:
-                torch._foreach_mul_(params, 1 - group["lr"] * group["weight_decay"])
-            torch._foreach_add_(params, directions, alpha=-group["lr"])
+                torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+            if preconditioned:
+                torch._foreach_addcmul_(preconditioned, weights, [d for d, s in zip(directions, gets_p) if s], value=-lr)
+            plain = [(p, d) for p, d, s in zip(params, directions, gets_p) if not s]
+            if plain:
+                torch._foreach_add_([p for p, _ in plain], [d for _, d in plain], alpha=-lr)
         return loss
+
+    @staticmethod
+    def _preconditioner(params: list[torch.Tensor], group: dict[str, Any]) -> list[torch.Tensor]:
+        """max(|theta|, floor)^beta, with the common exponents as cheaper kernels than pow."""
+        weights = torch._foreach_abs(params)
+        if group["floor"]:
+            torch._foreach_clamp_min_(weights, group["floor"])
+        beta = group["beta"]
+        if beta == 0.5:
+            torch._foreach_sqrt_(weights)
+        elif beta == 2:
+            torch._foreach_mul_(weights, weights)
+        elif beta != 1:
+            torch._foreach_pow_(weights, beta)
+        return weights
 
     def _base_directions(self, params: list[torch.Tensor], group: dict[str, Any]) -> list[torch.Tensor]:
         grads = [p.grad for p in params]
