@@ -118,3 +118,26 @@ def test_pruning_curve_evaluates_masked_weights_and_restores_the_model():
     assert seen_masks == [4, 2, 1]
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])
+
+
+@pytest.mark.parametrize("base", ["adam", "sgd-nesterov"])
+def test_preconditioned_adam_and_nesterov_follow_the_formula(base):
+    """beta > 0 on top of Adam or Nesterov momentum, three steps against a hand-written loop."""
+    theta = torch.tensor([[0.3, -1.2], [0.05, 2.0]], dtype=torch.float64)
+    param = theta.clone().requires_grad_()
+    options = dict(base="adam") if base == "adam" else dict(momentum=0.9, nesterov=True)
+    optimizer = SparsityPreconditioned([param], lr=0.1, beta=0.5, **options)
+    m = v = buf = torch.zeros_like(theta)
+    for t in range(1, 4):
+        grad = torch.tensor([[1.0, -0.5], [2.0, 0.25]], dtype=torch.float64) * t
+        param.grad = grad.clone()
+        optimizer.step()
+        if base == "adam":
+            m = 0.9 * m + 0.1 * grad
+            v = 0.999 * v + 0.001 * grad**2
+            d = (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
+        else:
+            buf = 0.9 * buf + grad
+            d = grad + 0.9 * buf
+        theta = theta - 0.1 * theta.abs().sqrt() * d
+    torch.testing.assert_close(param.detach(), theta, rtol=0, atol=1e-12)
