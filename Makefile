@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/batching.py
 	$(BIN)/python benchmarks/optimizer_step.py
 	$(BIN)/python benchmarks/distributed_shampoo.py
+	$(BIN)/python benchmarks/sparsity.py
 
 clean:
 	rm -rf $(VENV) runs

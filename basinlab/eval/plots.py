@@ -107,22 +107,25 @@ def cross_class_cosine(summary: dict[str, Any], path: Path) -> Path:
 def pruning_curves(summary: dict[str, Any], path: Path) -> Path:
     aggregate = {label: agg for label, agg in summary["aggregate"].items() if "pruning" in agg}
     kinds = [k for k in ("accuracy", "finetuned_accuracy") if any(k in a["pruning"] for a in aggregate.values())]
-    fig, axes = _panels(len(kinds), width=5.0)
+    palette = plt.get_cmap("tab10" if len(aggregate) <= 10 else "tab20")
+    fig, axes = _panels(len(kinds), width=5.0, height=4.2)
     for ax, kind in zip(axes, kinds):
-        for label, agg in aggregate.items():
+        for index, (label, agg) in enumerate(aggregate.items()):
             if kind not in agg["pruning"]:
                 continue
             kept = 100 * np.array(agg["pruning"]["keep"])
             mean, std = np.array(agg["pruning"][kind]["mean"]), np.array(agg["pruning"][kind]["std"])
-            (line,) = ax.semilogx(kept, mean, marker="o", label=label)
-            ax.fill_between(kept, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+            color = palette(index % palette.N)
+            ax.semilogx(kept, mean, marker="o", markersize=4, color=color, label=label)
+            ax.fill_between(kept, mean - std, mean + std, color=color, alpha=0.15)
         ax.invert_xaxis()
         ax.set_xlabel("weights kept (%), log scale")
-        ax.set_ylabel("mean test accuracy over tasks (mean ± std over seeds)")
+        ax.set_ylabel("mean test accuracy over tasks (± std over seeds)")
         ax.set_title("after pruning" if kind == "accuracy" else "after pruning + masked fine-tune")
         ax.grid(alpha=0.3, which="both")
-        ax.legend()
-    fig.suptitle(f"Magnitude pruning ({next(iter(aggregate.values()))['pruning']['scope']} ranking)")
+    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    scope = next(iter(aggregate.values()))["pruning"]["scope"]
+    fig.suptitle(f"Magnitude pruning, {scope} ranking, no retraining vs fine-tuned", y=1.02)
     return _save(fig, path)
 
 
