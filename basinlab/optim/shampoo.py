@@ -353,10 +353,10 @@ class Shampoo(torch.optim.Optimizer):
                 self._compute_roots([(param, self._owned_blocks(plan, i)) for i, param in usable], group)
             for i, param in usable:
                 directions = [
-                    (block, self._block_direction(param, b, block, group)) for b, block in self._owned_blocks(plan, i)
+                    (b, block, self._block_direction(param, b, block, group)) for b, block in self._owned_blocks(plan, i)
                 ]
                 if send is None:
-                    self._apply(param, group, self._assemble(param, directions))
+                    self._apply(param, group, self._assemble(param, [(block, d) for _, block, d in directions]))
                 else:
                     self._pack(send, plan, i, directions)
         if send is not None:
@@ -450,10 +450,7 @@ class Shampoo(torch.optim.Optimizer):
     def _pack(self, send: torch.Tensor, plan: "_Plan", index: int, directions) -> None:
         """Write this rank's block directions and their 'computed' flags into its segment."""
         base = plan.first_block[index]
-        for b, block in enumerate(plan.blocks[index]):
-            if not plan.owns(index, b):
-                continue
-            direction = next(d for blk, d in directions if blk is block)
+        for b, _, direction in directions:
             start = plan.layout.offsets[base + b]
             send[start : start + direction.numel()].copy_(direction.reshape(-1))
             send[plan.layout.flag_offsets[base + b]] = 1
