@@ -84,3 +84,71 @@ def test_bad_matrix_shape_raises(bad_R, match):
 def test_bad_initial_accuracies_raise(bad_b):
     with pytest.raises(ValueError, match="length T=3"):
         continual_metrics(R, bad_b)
+
+
+# --- loss matrices (text domains): lower is better, signs stated in loss_continual_metrics ---
+#
+#        dom0  dom1  dom2
+#   L = [[2.0,  5.0,  6.0],   after domain 0
+#        [1.5,  1.0,  4.0],   after domain 1: dom0 went DOWN (2.0 -> 1.5)
+#        [3.0,  2.5,  0.5]]   after domain 2
+#   L0 = [6.0,  6.5,  5.0]    at initialization
+#
+# final_loss      = (3.0 + 2.5 + 0.5) / 3                 = 2.0
+# bwt_loss        = ((3.0 - 2.0) + (2.5 - 1.0)) / 2       = 1.25   (> 0: forgetting)
+# fwt_loss        = ((5.0 - 6.5) + (4.0 - 5.0)) / 2       = -1.25  (< 0: positive transfer)
+# forgetting_loss = ((3.0 - min(2.0, 1.5)) + (2.5 - min(5.0, 1.0))) / 2
+#                 = (1.5 + 1.5) / 2                        = 1.5    (min is row 1 for dom0)
+L_LOSS = [[2.0, 5.0, 6.0], [1.5, 1.0, 4.0], [3.0, 2.5, 0.5]]
+L0_LOSS = [6.0, 6.5, 5.0]
+
+
+def test_loss_metrics_hand_worked_3x3():
+    from basinlab.eval.continual import loss_continual_metrics
+
+    out = loss_continual_metrics(L_LOSS, L0_LOSS)
+    assert out == pytest.approx({"final_loss": 2.0, "bwt_loss": 1.25, "fwt_loss": -1.25, "forgetting_loss": 1.5})
+    assert all(type(v) is float for v in out.values())
+
+
+def test_loss_metrics_match_accuracy_metrics_on_negated_losses():
+    from basinlab.eval.continual import loss_continual_metrics
+
+    out = loss_continual_metrics(np.array(L_LOSS), np.array(L0_LOSS))
+    acc = continual_metrics(-np.array(L_LOSS), -np.array(L0_LOSS))
+    assert out["final_loss"] == pytest.approx(-acc["acc"])
+    assert out["bwt_loss"] == pytest.approx(-acc["bwt"])
+    assert out["fwt_loss"] == pytest.approx(-acc["fwt"])
+    assert out["forgetting_loss"] == pytest.approx(acc["forgetting"])  # forgetting keeps its sign
+
+
+def test_loss_metrics_2x2_improvement_gives_negative_forgetting():
+    from basinlab.eval.continual import loss_continual_metrics
+
+    # L = [[2, 4], [1, 3]], L0 = [5, 5]: training dom1 lowered dom0's loss 2 -> 1.
+    # final = 2; bwt = 1 - 2 = -1; fwt = 4 - 5 = -1; forgetting = 1 - 2 = -1 (not clipped).
+    out = loss_continual_metrics([[2.0, 4.0], [1.0, 3.0]], [5.0, 5.0])
+    assert out == pytest.approx({"final_loss": 2.0, "bwt_loss": -1.0, "fwt_loss": -1.0, "forgetting_loss": -1.0})
+
+
+def test_loss_metrics_single_domain_and_nan_entries():
+    from basinlab.eval.continual import loss_continual_metrics
+
+    out = loss_continual_metrics([[1.5]], [4.0])
+    assert out["final_loss"] == pytest.approx(1.5)
+    assert math.isnan(out["bwt_loss"]) and math.isnan(out["fwt_loss"]) and math.isnan(out["forgetting_loss"])
+    # A NaN initial loss only affects FWT.
+    out = loss_continual_metrics([[2.0, 4.0], [3.0, 1.0]], [math.nan, math.nan])
+    assert math.isnan(out["fwt_loss"])
+    assert out["bwt_loss"] == pytest.approx(1.0) and out["forgetting_loss"] == pytest.approx(1.0)
+
+
+def test_loss_metrics_bad_shapes_raise():
+    from basinlab.eval.continual import loss_continual_metrics
+
+    with pytest.raises(ValueError, match="loss matrix L must be square"):
+        loss_continual_metrics([[1.0, 2.0]], [1.0])
+    with pytest.raises(ValueError, match="empty"):
+        loss_continual_metrics(np.zeros((0, 0)), [])
+    with pytest.raises(ValueError, match="initial losses must be a vector of length T=3"):
+        loss_continual_metrics(L_LOSS, [1.0, 2.0])

@@ -15,6 +15,7 @@ from basinlab.eval.continual import (
     forgetting,
     forgetting_per_task,
     forward_transfer,
+    loss_continual_metrics,
 )
 from basinlab.eval.representation import (
     class_mean_cosine,
@@ -53,6 +54,7 @@ __all__ = [
     "forgetting_per_task",
     "forward_transfer",
     "linear_cka",
+    "loss_continual_metrics",
     "mean_off_diagonal",
     "metric_path",
 ]
