@@ -61,3 +61,19 @@ def tiny_config(tmp_path, mnist_cache_dir):
         return path
 
     return write
+
+
+@pytest.fixture
+def no_package_index(monkeypatch):
+    """pip pointed at a dead index with no cache or find-links: what a machine without a registry sees."""
+    for key, value in {
+        "PIP_CONFIG_FILE": os.devnull,
+        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+        "PIP_NO_CACHE_DIR": "1",
+        "PIP_RETRIES": "0",
+        "PIP_TIMEOUT": "2",
+        "PIP_DEFAULT_TIMEOUT": "2",
+        "PIP_FIND_LINKS": "",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)

