@@ -1,6 +1,6 @@
 """Inverse p-th roots of symmetric PSD matrices: the one expensive kernel of Shampoo.
 
-Two methods, both batched over leading dimensions (stacks of same-sized factors):
+Two methods, both accepting stacks [..., n, n] (Shampoo calls them one factor at a time):
 
 - ``eigh_inverse_root``: exact, from a full symmetric eigendecomposition.
 - ``eigenbasis_inverse_root``: warm-started subspace iteration. Given the eigenvectors
