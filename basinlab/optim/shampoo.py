@@ -345,16 +345,14 @@ class Shampoo(torch.optim.Optimizer):
         for group in self.param_groups:
             indexed = list(enumerate(group["params"], start=index))
             index += len(indexed)
-            usable = self._usable_params(indexed, group)
+            work = [(i, param, self._owned_blocks(plan, i)) for i, param in self._usable_params(indexed, group)]
             with record_function("shampoo.factor_update"):
-                for i, param in usable:
-                    self._update_statistics(param, group, self._owned_blocks(plan, i))
+                for _, param, owned in work:
+                    self._update_statistics(param, group, owned)
             with record_function("shampoo.root"):
-                self._compute_roots([(param, self._owned_blocks(plan, i)) for i, param in usable], group)
-            for i, param in usable:
-                directions = [
-                    (b, block, self._block_direction(param, b, block, group)) for b, block in self._owned_blocks(plan, i)
-                ]
+                self._compute_roots([(param, owned) for _, param, owned in work], group)
+            for i, param, owned in work:
+                directions = [(b, block, self._block_direction(param, b, block, group)) for b, block in owned]
                 if send is None:
                     self._apply(param, group, self._assemble(param, [(block, d) for _, block, d in directions]))
                 else:
