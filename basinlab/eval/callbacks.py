@@ -114,6 +114,8 @@ class DomainEvaluationCallback(TrainerCallback):
             (kind "step"; not a loss-matrix row). None: only at domain boundaries.
         seed: seeds the evaluation masks.
         output_dir: when set, every record is appended to ``<output_dir>/metrics.jsonl``.
+        record_fields: extra keys written into every record (e.g. the run's unit and seed),
+            so one metrics.jsonl can hold several runs.
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class DomainEvaluationCallback(TrainerCallback):
         every_n_steps: int | None = None,
         seed: int = 0,
         output_dir: str | os.PathLike | None = None,
+        record_fields: Mapping[str, Any] | None = None,
     ):
         if not eval_sets:
             raise ValueError("eval_sets is empty; pass at least one domain")
@@ -149,6 +152,7 @@ class DomainEvaluationCallback(TrainerCallback):
         self.every_n_steps = None if every_n_steps is None else int(every_n_steps)
         self.seed = int(seed)
         self.output_dir = None if output_dir is None else Path(output_dir)
+        self.record_fields = dict(record_fields or {})
         self.pad_token_id = int(tokenizer.pad_token_id)
         self.mask_token_id = int(tokenizer.mask_token_id)
         self.vocab_size = len(tokenizer)
@@ -285,8 +289,10 @@ class DomainEvaluationCallback(TrainerCallback):
                 }
             )
         record = {
+            **self.record_fields,
             "label": label,
             "kind": kind,
+            "domain": self._current_domain,  # the domain being trained (None before or between domains)
             "step": self._last_step if step is None else int(step),
             "loss": losses,
             "layers": layers,
@@ -335,6 +341,17 @@ class DomainEvaluationCallback(TrainerCallback):
             self.evaluate(model, "train_end", kind="after_train")
         self._current_domain = None
         return control
+
+    # ---------------------------------------------------------------- checkpointing
+
+    def state_dict(self) -> dict[str, Any]:
+        """Records and CKA references, so a resumed run continues the same loss matrix."""
+        return {"records": self.records, "reference": self._reference, "last_step": self._last_step}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.records = list(state["records"])
+        self._reference = {name: [h.clone() for h in reps] for name, reps in state["reference"].items()}
+        self._last_step = state["last_step"]
 
     # ---------------------------------------------------------------- results
 

@@ -145,3 +145,113 @@ def write_plots(summary: dict[str, Any], folder: Path) -> list[Path]:
     if any("pruning" in agg for agg in summary["aggregate"].values()):
         paths.append(pruning_curves(summary, folder / "pruning_curves.png"))
     return paths
+
+
+# ---------------------------------------------------------------------- text-domain runs
+
+
+def loss_matrices(summary: dict[str, Any], path: Path) -> Path:
+    aggregate, domains = summary["aggregate"], summary["domains"]
+    matrices = {label: np.array(agg["mean_loss_matrix"], dtype=float) for label, agg in aggregate.items()}
+    low = min(np.nanmin(m) for m in matrices.values())
+    high = max(np.nanmax(m) for m in matrices.values())
+    size = max(3.8, 0.7 * len(domains) + 1.6)
+    fig, axes = _panels(len(aggregate), width=size, height=size)
+    for ax, (label, matrix) in zip(axes, matrices.items()):
+        image = ax.imshow(matrix, vmin=low, vmax=high, cmap="viridis_r")
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="w" if value > (low + high) / 2 else "k")
+        ax.set_title(f"{label} (n={len(aggregate[label]['seeds'])})")
+        ax.set_xticks(range(len(domains)), domains, rotation=45, ha="right")
+        ax.set_yticks(range(len(domains)), domains)
+        ax.set_xlabel("evaluated on domain")
+    axes[0].set_ylabel("after training domain")
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="validation MLM loss (lower is better)")
+    fig.suptitle("Loss matrix L (mean over seeds)")
+    return _save(fig, path)
+
+
+def domain_loss_curves(summary: dict[str, Any], path: Path) -> Path:
+    domains = summary["domains"]
+    fig, (seen, first) = _panels(2, width=4.8)
+    for label, agg in summary["aggregate"].items():
+        for ax, key in ((seen, "seen_domains_loss_curve"), (first, "first_domain_loss_curve")):
+            mean, std = np.array(agg[key]["mean"]), np.array(agg[key]["std"])
+            x = np.arange(len(mean))
+            (line,) = ax.plot(x, mean, marker="o", label=label)
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    seen.set_title("Mean loss on the domains trained so far")
+    first.set_title(f"Loss on the first domain ({domains[0]}) over the sequence")
+    for ax in (seen, first):
+        ax.set_xticks(range(len(domains)), domains, rotation=30, ha="right")
+        ax.set_xlabel("after training domain")
+        ax.set_ylabel("validation MLM loss (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return _save(fig, path)
+
+
+def per_layer_representation(summary: dict[str, Any], path: Path) -> Path:
+    panels = (
+        ("effective_rank", "effective rank (mean over domains)"),
+        ("cross_domain_cosine", "mean cross-domain cosine"),
+        ("retained_cka", "CKA to right after training (mean over earlier domains)"),
+    )
+    fig, axes = _panels(len(panels), width=4.4)
+    for ax, (key, title) in zip(axes, panels):
+        for label, agg in summary["aggregate"].items():
+            values = np.array(agg["per_layer"][key], dtype=float)
+            ax.plot(np.arange(len(values)), values, marker="o", label=label)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("layer (0 = embeddings)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("Representations after the last domain, per layer (mean over seeds)", y=1.02)
+    return _save(fig, path)
+
+
+def domain_cosine(summary: dict[str, Any], path: Path) -> Path:
+    aggregate, domains = summary["aggregate"], summary["domains"]
+    fig, axes = _panels(len(aggregate), width=max(3.6, 0.6 * len(domains) + 1.6))
+    for ax, (label, agg) in zip(axes, aggregate.items()):
+        matrix = np.array(agg["mean_final_domain_cosine"], dtype=float)
+        image = ax.imshow(matrix, vmin=min(0.0, np.nanmin(matrix)), vmax=1, cmap="magma")
+        ax.set_title(f"{label}: mean off-diag {_number(agg['final_cross_domain_cosine']['mean'], 3)}")
+        ax.set_xticks(range(len(domains)), domains, rotation=45, ha="right")
+        ax.set_yticks(range(len(domains)), domains)
+    fig.colorbar(image, ax=list(axes), shrink=0.8, label="cosine similarity of domain means")
+    fig.suptitle("Cross-domain cosine similarity, last layer, after the last domain (mean over seeds)")
+    return _save(fig, path)
+
+
+def train_loss(summary: dict[str, Any], path: Path) -> Path:
+    fig, (ax,) = _panels(1, width=7.0)
+    for label, agg in summary["aggregate"].items():
+        curve = agg["train_loss_curve"]
+        ax.plot(curve["step"], curve["mean"], label=label, linewidth=1)
+    steps = summary["steps_per_domain"]
+    for index, name in enumerate(summary["domains"]):
+        ax.axvline(index * steps, color="grey", linewidth=0.5)
+        ax.text(index * steps, 1.0, f" {name}", transform=ax.get_xaxis_transform(), fontsize=7, va="top")
+    ax.set_xlabel("optimizer step (domains in order)")
+    ax.set_ylabel("training MLM loss (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+TEXT_PLOTS = {
+    "loss_matrix.png": loss_matrices,
+    "domain_losses.png": domain_loss_curves,
+    "per_layer_representation.png": per_layer_representation,
+    "domain_cosine.png": domain_cosine,
+    "train_loss.png": train_loss,
+}
+
+
+def write_text_plots(summary: dict[str, Any], folder: Path) -> list[Path]:
+    """Draw every figure of a text run's ``summary`` into ``folder``; returns the paths."""
+    if not summary["aggregate"]:
+        return []
+    return [draw(summary, folder / name) for name, draw in TEXT_PLOTS.items()]

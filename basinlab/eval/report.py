@@ -1,4 +1,4 @@
-"""The human-readable report.md of a run: setup, comparison table, figures, conventions."""
+"""The human-readable report.md of a run (MNIST or text domains): setup, comparison table, figures, conventions."""
 
 from __future__ import annotations
 
@@ -86,6 +86,87 @@ def render_report(summary: dict[str, Any], plots: list[str]) -> str:
             if pruning_table(summary)
             else []
         ),
+        "## Figures",
+        "",
+        *[f"![{name}](plots/{name})\n" for name in plots],
+        "## Definitions",
+        "",
+        *[f"- **{key}**: {text}" for key, text in summary["conventions"].items()],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+TEXT_COLUMNS = [
+    ("final_loss", "final loss ↓", 3),
+    ("bwt_loss", "BWT (loss) ↓", 3),
+    ("fwt_loss", "FWT (loss) ↓", 3),
+    ("forgetting_loss", "forgetting ↓", 3),
+    ("final_effective_rank", "eff. rank", 1),
+    ("final_cross_domain_cosine", "cross-domain cos", 3),
+    ("final_retained_cka", "retained CKA", 3),
+    ("tokens_per_second", "tokens/s", 0),
+]
+
+
+def text_comparison_table(summary: dict[str, Any]) -> str:
+    """Markdown table of a text run: one row per optimizer, mean ± std over seeds."""
+    header = "| optimizer | seeds | " + " | ".join(title for _, title, _ in TEXT_COLUMNS) + " |"
+    rule = "|" + "---|" * (len(TEXT_COLUMNS) + 2)
+    rows = [
+        f"| {label} | {len(agg['seeds'])} | " + " | ".join(_cell(agg[key], d) for key, _, d in TEXT_COLUMNS) + " |"
+        for label, agg in summary["aggregate"].items()
+    ]
+    return "\n".join([header, rule, *rows])
+
+
+def loss_matrix_tables(summary: dict[str, Any]) -> list[str]:
+    """One markdown loss matrix per optimizer (mean over seeds), the initial losses as the first row."""
+    domains = summary["domains"]
+    lines = []
+    for label, agg in summary["aggregate"].items():
+        lines += [f"**{label}**", "", "| after \\ on | " + " | ".join(domains) + " |", "|" + "---|" * (len(domains) + 1)]
+        rows = [("initial", agg["mean_initial_losses"])] + list(zip(domains, agg["mean_loss_matrix"]))
+        lines += [f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for name, row in rows]
+        lines.append("")
+    return lines
+
+
+def render_text_report(summary: dict[str, Any], plots: list[str]) -> str:
+    wall = sum(u.get("wall_time_s", 0.0) for u in summary["units"])
+    model = summary["model"]
+    options = "\n".join(
+        f"- **{label}**: `{spec['name']}` " + ", ".join(f"{k}={v}" for k, v in spec.items() if k != "name")
+        for label, spec in summary["optimizers"].items()
+    )
+    sizes = summary.get("domain_sizes") or {}
+    domains = ", ".join(
+        f"{name} ({sizes[name]['train']} train / {sizes[name]['eval']} eval seq.)" if name in sizes else name
+        for name in summary["domains"]
+    )
+    lines = [
+        f"# {summary['name']}: BERT-{model['preset']} masked LM over {len(summary['domains'])} text domains",
+        "",
+        f"Domains in training order: {domains}; sequences of {summary['max_length']} tokens, "
+        f"{summary['steps_per_domain']} optimizer steps per domain. Seeds: {summary['seeds']} (same seed = same initial "
+        f"weights, data order and masks for every optimizer). Processes: {summary['world_size']}. "
+        f"Training wall time, all units: {wall:.0f} s."
+        + ("" if summary["complete"] else " **Incomplete run: some units have not finished.**"),
+        "",
+        "Optimizers:",
+        options,
+        "",
+        "## Comparison (mean ± std over seeds)",
+        "",
+        text_comparison_table(summary),
+        "",
+        "Losses are validation masked-LM cross-entropy; ↓ lower is better. BWT and forgetting are positive when "
+        "the model forgets. Effective rank, cross-domain cosine and retained CKA describe the last layer after "
+        "the final domain (per layer in the figures).",
+        "",
+        "## Loss matrices (mean over seeds)",
+        "",
+        *loss_matrix_tables(summary),
         "## Figures",
         "",
         *[f"![{name}](plots/{name})\n" for name in plots],

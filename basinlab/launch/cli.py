@@ -45,10 +45,13 @@ def _prepare_text(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     from basinlab.launch.config import load_config
-    from basinlab.launch.mnist_recipe import run_experiment
 
     config = load_config(args.config, args.set)
     output = args.output or Path("runs") / config.name
+    if config.recipe == "text":
+        from basinlab.launch.text_recipe import run_text_experiment as run_experiment
+    else:
+        from basinlab.launch.mnist_recipe import run_experiment
     path = run_experiment(config, output, resume=args.resume)
     if _is_main_process():
         print(f"run finished: {path / 'report.md'}")
@@ -96,9 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run",
         help="run every (optimizer, seed) unit of a config",
-        description="Train every optimizer of CONFIG on every seed through the task sequence and write "
-        "config.yaml, metrics.jsonl, summary.json, plots/ and report.md into the output directory. "
-        "Works in one process and under `accelerate launch`.",
+        description="Train every optimizer of CONFIG on every seed through the task sequence (MNIST tasks, "
+        "or text domains with `recipe: text`) and write config.yaml, metrics.jsonl, summary.json, plots/ and "
+        "report.md into the output directory. Works in one process and under `accelerate launch` / torchrun.",
     )
     run.add_argument("config", type=Path, help="YAML run config, e.g. configs/mnist/demo.yaml")
     run.add_argument(

@@ -1,5 +1,8 @@
 """Run configs: dataclasses loaded from YAML, overridable from the CLI, strictly checked.
 
+A config's ``recipe`` key picks its schema: ``mnist`` (the default; sequential MNIST tasks,
+:class:`RunConfig`) or ``text`` (masked-LM training over text domains, :class:`TextRunConfig`).
+
 Every mistake (unknown key, wrong type, value out of range, unknown optimizer or
 optimizer option) raises ``UserError`` naming the dotted key, before any training.
 Overrides use ``--set key=value`` with a YAML value; list entries of ``optimizers`` are
@@ -9,6 +12,7 @@ addressed by index or by label: ``--set optimizers.sgd.lr=0.05``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import typing
 from dataclasses import dataclass, field
@@ -19,7 +23,9 @@ import torch
 import yaml
 
 from basinlab.data.streams import CLASS_PAIRS, STREAMS
+from basinlab.data.text import TEXT_DOMAINS
 from basinlab.errors import UserError
+from basinlab.models.bert import BERT_PRESETS
 from basinlab.optim import build_optimizer
 
 
@@ -116,13 +122,12 @@ class OptimizerConfig:
 
 
 @dataclass
-class RunConfig:
+class ExperimentConfig:
+    """What every recipe's config holds: the arms (optimizers) x seeds and the logging."""
+
     name: str = "run"
+    recipe: str = "mnist"  # mnist | text
     seeds: list[int] = field(default_factory=lambda: [0])
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     optimizers: list[OptimizerConfig] = field(default_factory=list)
     log_with: str = "tensorboard"  # tensorboard | none
 
@@ -133,6 +138,24 @@ class RunConfig:
         labels = [o.label for o in self.optimizers]
         _require(len(set(labels)) == len(labels), "optimizers", f"labels must be unique, got {labels}")
         _require(self.log_with in ("tensorboard", "none"), "log_with", "must be tensorboard or none")
+
+    def to_yaml(self) -> dict[str, Any]:
+        raw = dataclasses.asdict(self)
+        raw["optimizers"] = [o.to_yaml() for o in self.optimizers]
+        return raw
+
+
+@dataclass
+class RunConfig(ExperimentConfig):
+    """The sequential-MNIST recipe (basinlab.launch.mnist_recipe)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+
+    def check(self) -> None:
+        super().check()
         self.data.check()
         self.model.check()
         self.train.check()
@@ -147,10 +170,142 @@ class RunConfig:
         model.check(prefix)
         return model
 
-    def to_yaml(self) -> dict[str, Any]:
-        raw = dataclasses.asdict(self)
-        raw["optimizers"] = [o.to_yaml() for o in self.optimizers]
-        return raw
+
+@dataclass
+class TextDataConfig:
+    """Text domains trained in order, the tokenizer, and how much of each domain is used."""
+
+    domains: list[Any] = field(default_factory=lambda: list(TEXT_DOMAINS))  # built-in names or spec mappings
+    max_length: int = 128  # tokens per packed training/evaluation sequence
+    vocab_size: int = 8192  # WordPiece vocabulary trained on the union of the train splits
+    tokenizer: Optional[str] = None  # a local pretrained tokenizer directory instead
+    max_train_sequences: Optional[int] = None  # cap per domain, for quick runs
+    eval_sequences: int = 256  # validation sequences per domain for the loss matrix
+    probe_sequences: int = 64  # of those, the fixed probe set for representation metrics
+    cache_dir: Optional[str] = None  # default: $BASINLAB_CACHE or ~/.cache/basinlab
+
+    def check(self) -> None:
+        _require(len(self.domains) >= 1, "data.domains", "must list at least one domain")
+        names = []
+        for i, entry in enumerate(self.domains):
+            name = entry.get("name") if isinstance(entry, dict) else entry
+            _require(
+                isinstance(name, str) and bool(name),
+                f"data.domains[{i}]",
+                f"must be a built-in domain ({', '.join(TEXT_DOMAINS)}) or a mapping with a name, got {entry!r}",
+            )
+            if isinstance(entry, str):
+                _require(entry in TEXT_DOMAINS, f"data.domains[{i}]", f"{entry!r} is not one of {', '.join(TEXT_DOMAINS)}; "
+                         "describe other domains as {name: ..., local_files: [...]} or {name: ..., hf_dataset: ...}")
+            names.append(name)
+        _require(len(set(names)) == len(names), "data.domains", f"names must be unique, got {names}")
+        _require(self.max_length >= 8, "data.max_length", "must be >= 8")
+        _require(self.vocab_size >= 1000, "data.vocab_size", "must be >= 1000")
+        if self.max_train_sequences is not None:
+            _require(self.max_train_sequences >= 1, "data.max_train_sequences", "must be >= 1 or null")
+        _require(self.eval_sequences >= 2, "data.eval_sequences", "must be >= 2")
+        _require(
+            2 <= self.probe_sequences <= self.eval_sequences,
+            "data.probe_sequences",
+            "must be >= 2 and at most data.eval_sequences (the probes are the first evaluation sequences)",
+        )
+
+    def domain_names(self) -> list[str]:
+        return [entry["name"] if isinstance(entry, dict) else entry for entry in self.domains]
+
+
+@dataclass
+class BertModelConfig:
+    preset: str = "tiny"  # tiny | mini | small | base (basinlab.models.BERT_PRESETS)
+    config_overrides: dict[str, Any] = field(default_factory=dict)  # further BertConfig fields
+
+    def check(self) -> None:
+        _require(self.preset in BERT_PRESETS, "model.preset", f"must be one of {', '.join(BERT_PRESETS)}")
+
+
+@dataclass
+class TextTrainConfig:
+    """One HF Trainer per domain; these map onto its TrainingArguments."""
+
+    steps_per_domain: int = 200  # optimizer steps per domain
+    batch_size: int = 32  # per device
+    gradient_accumulation_steps: int = 1
+    mlm_probability: float = 0.15
+    lr_scheduler: str = "constant_with_warmup"  # any transformers SchedulerType, restarted per domain
+    warmup_steps: int = 0  # per domain
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    bf16: bool = False  # autocast (fp32 master weights); needs a GPU
+    eval_batch_size: int = 64
+    eval_every_n_steps: Optional[int] = None  # extra evaluations inside each domain
+    logging_steps: int = 10
+    reset_optimizer_per_domain: bool = False  # default carries optimizer state across domains
+    deepspeed: Optional[str] = None  # DeepSpeed JSON config (ZeRO stage 0), passed to TrainingArguments
+    dataloader_num_workers: int = 0
+
+    def check(self) -> None:
+        from transformers import SchedulerType
+
+        for name in ("steps_per_domain", "batch_size", "gradient_accumulation_steps", "eval_batch_size", "logging_steps"):
+            _require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
+        _require(0 < self.mlm_probability < 1, "train.mlm_probability", "must lie in (0, 1)")
+        schedulers = [s.value for s in SchedulerType]
+        _require(self.lr_scheduler in schedulers, "train.lr_scheduler", f"must be one of {', '.join(schedulers)}")
+        _require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _require(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 disables clipping)")
+        if self.eval_every_n_steps is not None:
+            _require(self.eval_every_n_steps >= 1, "train.eval_every_n_steps", "must be >= 1 or null")
+        _require(self.dataloader_num_workers >= 0, "train.dataloader_num_workers", "must be >= 0")
+        if self.deepspeed is not None:
+            self._check_deepspeed()
+
+    def _check_deepspeed(self) -> None:
+        """Carrying optimizer state across domains needs the raw optimizer to own the model's
+        parameters: ZeRO >= 1 and DeepSpeed's fp16/bf16 give it new copies at every engine."""
+        path = Path(self.deepspeed)
+        _require(path.is_file(), "train.deepspeed", f"names {str(path)!r}, which is not a file (e.g. configs/deepspeed/zero0_fp32.json)")
+        try:
+            ds = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise UserError(f"config key 'train.deepspeed': {str(path)!r} is not valid JSON ({err.msg} at line {err.lineno})") from None
+        if self.reset_optimizer_per_domain:
+            return
+        stage = ds.get("zero_optimization", {}).get("stage", 0)
+        mixed = [k for k in ("fp16", "bf16") if ds.get(k, {}).get("enabled") in (True, "auto")]
+        _require(
+            stage == 0 and not mixed,
+            "train.deepspeed",
+            f"({path.name}: ZeRO stage {stage}{', ' + '/'.join(mixed) if mixed else ''}) would give the optimizer new "
+            "parameter copies at every domain, losing its state; use ZeRO stage 0 without fp16/bf16 "
+            "(configs/deepspeed/zero0_fp32.json; train.bf16 for autocast) or set train.reset_optimizer_per_domain: true",
+        )
+
+
+@dataclass
+class TextRunConfig(ExperimentConfig):
+    """The continual masked-LM recipe over text domains (basinlab.launch.text_recipe)."""
+
+    recipe: str = "text"
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+    model: BertModelConfig = field(default_factory=BertModelConfig)
+    train: TextTrainConfig = field(default_factory=TextTrainConfig)
+
+    def check(self) -> None:
+        super().check()
+        self.data.check()
+        self.model.check()
+        self.train.check()
+        for optimizer in self.optimizers:
+            _require(
+                not optimizer.model and not optimizer.l1_penalty,
+                f"optimizers.{optimizer.label}",
+                "sets model overrides or l1_penalty, which only the mnist recipe supports",
+            )
+
+
+RECIPES: dict[str, tuple[type, dict[str, type]]] = {
+    "mnist": (RunConfig, {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sparsity": SparsityConfig}),
+    "text": (TextRunConfig, {"data": TextDataConfig, "model": BertModelConfig, "train": TextTrainConfig}),
+}
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -162,8 +317,14 @@ _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Check ``value`` against a type annotation (int, float, bool, str, list[T], Optional[T])."""
+    """Check ``value`` against a type annotation (int, float, bool, str, Any, dict, list[T], Optional[T])."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{key}' must be a mapping, got {value!r}")
+        return value
     if origin is typing.Union:  # Optional[T]
         if value is None:
             return None
@@ -215,16 +376,21 @@ def _optimizer(raw: Any, index: int) -> OptimizerConfig:
     return OptimizerConfig(name=name.lower(), label=label, options=options, model=model, l1_penalty=l1_penalty)
 
 
-def config_from_dict(raw: Any) -> RunConfig:
-    """Build and check a RunConfig from plain YAML data."""
+def config_from_dict(raw: Any) -> ExperimentConfig:
+    """Build and check a run config from plain YAML data; its ``recipe`` key picks the schema."""
     if not isinstance(raw, dict):
         raise UserError("a run config must be a YAML mapping with keys such as name, seeds, data, optimizers")
-    hints = typing.get_type_hints(RunConfig)
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    recipe = raw.get("recipe", "mnist")
+    if recipe not in RECIPES:
+        raise UserError(f"config key 'recipe' must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    cls, sections = RECIPES[recipe]
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - fields)
     if unknown:
-        raise UserError(f"unknown config key '{unknown[0]}'; valid top-level keys: {', '.join(sorted(fields))}")
-    sections = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sparsity": SparsityConfig}
+        raise UserError(
+            f"unknown config key '{unknown[0]}'; valid top-level keys of a {recipe} run: {', '.join(sorted(fields))}"
+        )
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key in sections:
@@ -235,7 +401,7 @@ def config_from_dict(raw: Any) -> RunConfig:
             values[key] = [_optimizer(o, i) for i, o in enumerate(value)]
         else:
             values[key] = _coerce(value, hints[key], key)
-    config = RunConfig(**values)
+    config = cls(**values)
     config.check()
     return config
 
@@ -277,7 +443,7 @@ def apply_override(raw: dict, text: str) -> None:
     node[path[-1]] = value
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
     """Read a YAML run config, apply ``--set`` overrides, and check it."""
     path = Path(path)
     if not path.is_file():

@@ -24,9 +24,16 @@ import yaml
 
 from basinlab.atomic import atomic_write_json, atomic_write_text, json_safe
 from basinlab.errors import UserError
-from basinlab.eval.plots import write_plots
-from basinlab.eval.report import render_report
+from basinlab.eval.plots import write_plots, write_text_plots
+from basinlab.eval.report import render_report, render_text_report
 from basinlab.eval.summary import build_summary
+from basinlab.eval.text_summary import build_text_summary
+
+# recipe -> (summary builder, plot writer, report renderer)
+REPORTERS = {
+    "mnist": (build_summary, write_plots, render_report),
+    "text": (build_text_summary, write_text_plots, render_text_report),
+}
 
 
 def unit_id(label: str, seed: int) -> str:
@@ -107,7 +114,8 @@ class RunDirectory:
         if not self.config_path.exists():
             raise UserError(f"{str(self.path)!r} is not a basinlab run directory (no config.yaml)")
         config = yaml.safe_load(self.config_path.read_text())
-        summary = build_summary(config, list(self.read_units().values()))
+        summarize, draw, render = REPORTERS[config.get("recipe", "mnist")]
+        summary = summarize(config, list(self.read_units().values()))
         atomic_write_json(self.path / "summary.json", summary)
-        plots = write_plots(summary, self.path / "plots")
-        return atomic_write_text(self.path / "report.md", render_report(summary, [p.name for p in plots]))
+        plots = draw(summary, self.path / "plots")
+        return atomic_write_text(self.path / "report.md", render(summary, [p.name for p in plots]))

@@ -29,7 +29,8 @@ def available_optimizers() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def _factory(name: str) -> OptimizerFactory:
+def optimizer_factory(name: str) -> OptimizerFactory:
+    """The constructor registered as ``name`` (e.g. for HF's ``optimizer_cls_and_kwargs``)."""
     try:
         return _REGISTRY[name.lower()]
     except KeyError:
@@ -40,7 +41,7 @@ def _factory(name: str) -> OptimizerFactory:
 
 def optimizer_options(name: str) -> list[str]:
     """The keyword options ``name`` accepts (everything after the parameters)."""
-    parameters = list(inspect.signature(_factory(name)).parameters.values())[1:]
+    parameters = list(inspect.signature(optimizer_factory(name)).parameters.values())[1:]
     return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
@@ -57,7 +58,7 @@ def check_optimizer_options(name: str, options: Iterable[str]) -> None:
 def build_optimizer(name: str, params: Any, **kwargs: Any) -> torch.optim.Optimizer:
     """Construct the optimizer registered as ``name`` over ``params`` with ``kwargs``."""
     check_optimizer_options(name, kwargs)
-    return _factory(name)(params, **kwargs)
+    return optimizer_factory(name)(params, **kwargs)
 
 
 register_optimizer("sgd", torch.optim.SGD)

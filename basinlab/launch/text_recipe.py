@@ -1,0 +1,479 @@
+"""Continual masked-LM pre-training over text domains with the Hugging Face Trainer.
+
+Read top to bottom: ``run_text_experiment`` prepares the domains (tokenizer, packed
+sequences) and loops over (optimizer, seed) units; ``TextUnit`` trains one BERT through
+the domains in order and evaluates it with :class:`DomainEvaluationCallback`.
+
+Per unit:
+
+- Same start for every optimizer of a seed: the model's weights depend on the seed alone,
+  and an "initial" evaluation gives the losses before training (for FWT).
+- One ``Trainer`` per domain (HF keeps its lr scheduler across ``train()`` calls, and the
+  schedule should restart with each domain). The first Trainer builds the optimizer from
+  ``optimizer_cls_and_kwargs``; later ones train with the same optimizer object, so its
+  state (moments, Shampoo's factors) carries over unless ``reset_optimizer_per_domain``.
+- Each domain's Trainer seeds its data order, masking and dropout from (seed, domain), so
+  a run resumed from a domain checkpoint continues exactly as if never interrupted.
+- After each domain, a checkpoint (model, optimizer, evaluation records) in
+  ``checkpoints/<unit>/``; Shampoo's state is saved shard by shard (distributed Shampoo
+  keeps different blocks on every rank). An interruption loses at most one domain.
+"""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from accelerate.state import AcceleratorState
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+
+from basinlab.atomic import atomic_write, atomic_write_json
+from basinlab.data.mlm import DomainSequences, domain_sequences
+from basinlab.data.text import load_domain_spec, load_text_domain
+from basinlab.data.tokenizer import load_tokenizer, train_wordpiece
+from basinlab.errors import UserError
+from basinlab.eval.callbacks import INITIAL, DomainEvaluationCallback
+from basinlab.launch.config import OptimizerConfig, TextRunConfig
+from basinlab.launch.rundir import RunDirectory, unit_id
+from basinlab.models import build_bert_mlm
+from basinlab.optim import Shampoo, load_sharded_state, save_sharded_state
+from basinlab.optim.registry import optimizer_factory
+
+logger = logging.getLogger(__name__)
+
+PROGRESS = "progress.json"  # written last into a domain checkpoint: the checkpoint is complete
+
+
+def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The optimizer inside Accelerate's / DeepSpeed's wrappers."""
+    while hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+class DomainTrainer(Trainer):
+    """A Trainer that trains with the optimizer carried over from the previous domain, if any.
+
+    ``restore_optimizer`` (resume) loads a checkpoint into the optimizer it builds.
+    """
+
+    def __init__(self, *args: Any, carried_optimizer=None, restore_optimizer: Callable | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.carried_optimizer = carried_optimizer
+        self.restore_optimizer = restore_optimizer
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None and self.carried_optimizer is not None:
+            self.optimizer = self.carried_optimizer
+        built = self.optimizer is None
+        optimizer = super().create_optimizer(model)
+        if built and self.restore_optimizer is not None:
+            self.restore_optimizer(optimizer)
+        return optimizer
+
+
+def optimizer_steps(optimizer: torch.optim.Optimizer) -> int:
+    """The largest step count in the optimizer's state: shows whether state was carried or reset."""
+    steps = [state["step"] for state in optimizer.state.values() if "step" in state]
+    return int(max(float(s) for s in steps)) if steps else 0
+
+
+def _is_distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _barrier() -> None:
+    if _is_distributed():
+        torch.distributed.barrier()
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if _is_distributed() else 0
+
+
+class TrainingLog(TrainerCallback):
+    """Training loss, learning rate and tokens/s of every logging step, under a step count that
+    runs on across domains; checks that a carried optimizer still owns the model's parameters."""
+
+    def __init__(self, unit: "TextUnit", domain: str, step_offset: int, check_carried: bool):
+        self.unit = unit
+        self.domain = domain
+        self.step_offset = step_offset
+        self.check_carried = check_carried
+        self.started: float | None = None
+        self.last_step_end: float | None = None
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if self.check_carried and optimizer is not None and model is not None:
+            owned = {id(p) for group in unwrap_optimizer(optimizer).param_groups for p in group["params"]}
+            if not owned <= {id(p) for p in model.parameters()}:
+                raise UserError(
+                    "the optimizer carried over from the previous domain no longer holds the model's parameters "
+                    "(a DeepSpeed fp16/bf16 or ZeRO wrapper copied them), so its state would be lost; use ZeRO stage 0 "
+                    "without fp16/bf16 or set train.reset_optimizer_per_domain: true"
+                )
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.last_step_end = time.perf_counter()
+
+    def tokens_per_second(self, steps: int, tokens_per_step: int) -> float | None:
+        if self.started is None or self.last_step_end is None or self.last_step_end <= self.started:
+            return None
+        return steps * tokens_per_step / (self.last_step_end - self.started)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.unit.log(
+                "train",
+                domain=self.domain,
+                step=self.step_offset + state.global_step,
+                loss=logs["loss"],
+                learning_rate=logs.get("learning_rate"),
+                grad_norm=logs.get("grad_norm"),
+            )
+
+
+class TextUnit:
+    """Trains one model with one optimizer through the domain sequence of one seed."""
+
+    def __init__(
+        self,
+        config: TextRunConfig,
+        optimizer_config: OptimizerConfig,
+        seed: int,
+        domains: list[DomainSequences],
+        tokenizer: Any,
+        run: RunDirectory,
+        main: bool,
+        process_kwargs: dict[str, Any],
+    ):
+        self.config = config
+        self.optimizer_config = optimizer_config
+        self.seed = seed
+        self.domains = domains
+        self.tokenizer = tokenizer
+        self.run = run
+        self.main = main
+        self.process_kwargs = process_kwargs
+        self.unit = unit_id(optimizer_config.label, seed)
+        self.checkpoints = run.path / "checkpoints" / self.unit
+        self.log_lines: list[dict[str, Any]] = []
+        self.domain_stats: list[dict[str, Any]] = []
+        self.writer = None
+        if main and config.log_with == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run.tensorboard_dir / self.unit))
+        self.model = build_bert_mlm(
+            config.model.preset,
+            len(tokenizer),
+            config.data.max_length,
+            seed=seed,
+            pad_token_id=tokenizer.pad_token_id,
+            **config.model.config_overrides,
+        )
+        self.callback = DomainEvaluationCallback(
+            {d.name: d.eval for d in domains},
+            {d.name: d.probe for d in domains},
+            tokenizer,
+            mlm_probability=config.train.mlm_probability,
+            batch_size=config.train.eval_batch_size,
+            every_n_steps=config.train.eval_every_n_steps,
+            seed=seed,
+            output_dir=run.path if main else None,
+            record_fields={"unit": self.unit, "optimizer": optimizer_config.label, "seed": seed},
+        )
+
+    # ------------------------------------------------------------------ logging
+
+    def log(self, event: str, **values: Any) -> None:
+        """One metrics.jsonl line (main process) and its TensorBoard scalars; kept for checkpoints."""
+        line = {"unit": self.unit, "optimizer": self.optimizer_config.label, "seed": self.seed, "event": event, **values}
+        self.log_lines.append(line)
+        if self.main:
+            self.run.log_metrics(line)
+        if self.writer is not None and "step" in values:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.writer.add_scalar(f"{event}/{key}", value, values["step"])
+
+    def _log_evaluation(self, record: dict[str, Any], step: int) -> None:
+        if self.writer is not None:
+            for name, loss in record["loss"].items():
+                self.writer.add_scalar(f"eval_loss/{name}", loss, step)
+
+    # ------------------------------------------------------------------ training
+
+    def _options(self) -> tuple[type, dict[str, Any], float]:
+        """(optimizer class, kwargs, weight decay): HF's Trainer applies the weight decay per
+        parameter group (not to biases and LayerNorm), overriding a kwarg, so it goes there."""
+        options = dict(self.optimizer_config.options)
+        weight_decay = float(options.pop("weight_decay", 0.0))
+        return optimizer_factory(self.optimizer_config.name), options, weight_decay
+
+    def _arguments(self, index: int, weight_decay: float) -> TrainingArguments:
+        train = self.config.train
+        domain_seed = self.seed * 1000 + index  # data order, masking and dropout of this domain
+        return TrainingArguments(
+            output_dir=str(self.checkpoints / "trainer"),
+            max_steps=train.steps_per_domain,
+            per_device_train_batch_size=train.batch_size,
+            gradient_accumulation_steps=train.gradient_accumulation_steps,
+            learning_rate=float(self.optimizer_config.options.get("lr", 1e-3)),  # shown in logs; the optimizer owns it
+            weight_decay=weight_decay,
+            lr_scheduler_type=train.lr_scheduler,
+            warmup_steps=train.warmup_steps,
+            max_grad_norm=train.max_grad_norm,
+            bf16=train.bf16,
+            logging_steps=train.logging_steps,
+            save_strategy="no",
+            eval_strategy="no",
+            report_to=[],
+            seed=domain_seed,
+            data_seed=domain_seed,
+            use_cpu=not torch.cuda.is_available(),
+            average_tokens_across_devices=False,  # else the logged loss is multiplied by the world size under DDP
+            dataloader_drop_last=True,
+            dataloader_num_workers=train.dataloader_num_workers,
+            disable_tqdm=not self.main,
+            deepspeed=train.deepspeed,
+            **self.process_kwargs,
+        )
+
+    def domain_trainer(self, index: int, carried=None, restore: Callable | None = None) -> tuple[DomainTrainer, TrainingLog]:
+        """The Trainer of domain ``index`` with this unit's callbacks, and its TrainingLog."""
+        optimizer_cls, kwargs, weight_decay = self._options()
+        log = TrainingLog(self, self.domains[index].name, index * self.config.train.steps_per_domain, carried is not None)
+        if self.config.train.deepspeed:
+            # Accelerate refuses a DeepSpeed plugin for a second Accelerator in one process, but every
+            # domain's Trainer builds one: drop the accelerator state (the process group stays).
+            AcceleratorState._reset_state()
+        trainer = DomainTrainer(
+            model=self.model,
+            args=self._arguments(index, weight_decay),
+            train_dataset=self.domains[index].train,
+            data_collator=self.collator(),
+            optimizer_cls_and_kwargs=(optimizer_cls, kwargs),
+            callbacks=[log, self.callback],
+            carried_optimizer=carried,
+            restore_optimizer=restore,
+        )
+        return trainer, log
+
+    def collator(self) -> DataCollatorForLanguageModeling:
+        return DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=self.config.train.mlm_probability)
+
+    def tokens_per_step(self, args: TrainingArguments) -> int:
+        return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * self.config.data.max_length
+
+    def train(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        first, restore = self._resume()
+        if first == 0:
+            self._log_evaluation(self.callback.evaluate(self.model, INITIAL, step=0), 0)
+        carried, optimizer = None, None
+        steps = self.config.train.steps_per_domain
+        for index in range(first, len(self.domains)):
+            domain = self.domains[index]
+            trainer, log = self.domain_trainer(index, carried, restore)
+            logger.info("%s: domain %d/%d %s (%d train sequences)", self.unit, index + 1, len(self.domains), domain.name, len(domain.train))
+            self.callback.start_domain(domain.name)
+            trainer.train()
+            record = self.callback.records[-1]
+            self._log_evaluation(record, (index + 1) * steps)
+            optimizer = unwrap_optimizer(trainer.optimizer)
+            self.domain_stats.append(
+                {
+                    "domain": domain.name,
+                    "tokens_per_second": log.tokens_per_second(steps, self.tokens_per_step(trainer.args)),
+                    "optimizer_steps": optimizer_steps(optimizer),
+                }
+            )
+            self.log("domain_end", step=(index + 1) * steps, **self.domain_stats[-1])
+            carried = None if self.config.train.reset_optimizer_per_domain else optimizer
+            restore = None
+            self._save_checkpoint(index, optimizer)
+            del trainer
+            gc.collect()
+        sharding = optimizer.sharding() if isinstance(optimizer, Shampoo) else None
+        self.optimizer_state_shards = sharding["world_size"] if sharding else 1
+        return self._result(time.perf_counter() - started)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _save_checkpoint(self, index: int, optimizer: torch.optim.Optimizer) -> None:
+        """Every rank writes its optimizer shard (Shampoo) before the main process marks the
+        checkpoint complete; the previous one is deleted only after that."""
+        folder = self.checkpoints / f"domain-{index:03d}"
+        if isinstance(optimizer, Shampoo):
+            save_sharded_state(optimizer, folder)
+        _barrier()
+        if self.main:
+            _save_torch(folder / "model.pt", self.model.state_dict())
+            if not isinstance(optimizer, Shampoo):
+                _save_torch(folder / "optimizer.pt", optimizer.state_dict())
+            _save_torch(folder / "callback.pt", self.callback.state_dict())
+            lines = [json.loads(line) for line in self.run.metrics_path.read_text().splitlines()]
+            atomic_write_json(
+                folder / PROGRESS,
+                {
+                    "completed_domains": index + 1,
+                    "metrics_lines": [line for line in lines if line.get("unit") == self.unit],  # in written order
+                    "domain_stats": self.domain_stats,
+                },
+            )
+            for old in self.checkpoints.glob("domain-*"):
+                if old != folder:
+                    shutil.rmtree(old, ignore_errors=True)
+        _barrier()
+
+    def _resume(self) -> tuple[int, Callable | None]:
+        """(first domain to train, optimizer loader or None) from the latest complete checkpoint."""
+        complete = sorted(p.parent for p in self.checkpoints.glob(f"domain-*/{PROGRESS}"))
+        if not complete:
+            return 0, None
+        folder = complete[-1]
+        progress = json.loads((folder / PROGRESS).read_text())
+        self.model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+        self.callback.load_state_dict(torch.load(folder / "callback.pt", map_location="cpu", weights_only=False))
+        self.domain_stats = progress["domain_stats"]
+        for line in progress["metrics_lines"]:  # the run directory dropped this unfinished unit's lines
+            if "event" in line:
+                self.log_lines.append(line)
+            if self.main:
+                self.run.log_metrics(line)
+        first = progress["completed_domains"]
+        logger.info("%s: resuming after domain %d (%s) from %s", self.unit, first, self.domains[first - 1].name, folder)
+        if self.config.train.reset_optimizer_per_domain:
+            return first, None
+        return first, lambda optimizer: _load_optimizer(unwrap_optimizer(optimizer), folder)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.main:
+            shutil.rmtree(self.checkpoints, ignore_errors=True)
+            if not any(self.checkpoints.parent.iterdir()):
+                self.checkpoints.parent.rmdir()
+
+    # ------------------------------------------------------------------ result
+
+    def _result(self, wall_time: float) -> dict[str, Any]:
+        summary = self.callback.summary()
+        rows = [r for r in self.callback.records if r["kind"] == "after_domain"]
+        return {
+            "optimizer": self.optimizer_config.label,
+            "seed": self.seed,
+            **summary,
+            "representation_rows": [r["layers"] for r in rows],
+            "train_loss": [(line["step"], line["loss"]) for line in self.log_lines if line["event"] == "train"],
+            "tokens_per_second": [s["tokens_per_second"] for s in self.domain_stats],
+            "world_size": torch.distributed.get_world_size() if _is_distributed() else 1,
+            "optimizer_state_shards": self.optimizer_state_shards,
+            "wall_time_s": wall_time,
+        }
+
+
+def _save_torch(path: Path, obj: Any) -> None:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    if isinstance(optimizer, Shampoo):
+        load_sharded_state(optimizer, folder)
+    else:
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+
+
+# ---------------------------------------------------------------------- the run
+
+
+def process_setup(config: TextRunConfig) -> dict[str, Any]:
+    """Extra TrainingArguments for this launch; on a CPU-only machine under DeepSpeed, first
+    the process state HF would otherwise build wrongly.
+
+    HF's TrainingArguments sets up DeepSpeed's process state without a backend; without
+    CUDA that state reports one process, rank 0, on every rank (every rank "main", no data
+    sharding). So build it ourselves with gloo and let HF reuse it. DeepSpeed's first
+    initialize would also JIT-build a shared-memory comm op on CPU (60-80 s), not needed here.
+    """
+    if config.train.deepspeed is None or torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return {}
+    import deepspeed.ops
+    from accelerate import PartialState
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    PartialState(backend="gloo")
+    return {"accelerator_config": {"use_configured_state": True}}
+
+
+def load_domains(config: TextRunConfig, tokenizer: Any | None = None) -> tuple[Any, list[DomainSequences]]:
+    """The tokenizer (trained on the union of train splits unless given) and every domain's sequences."""
+    data = config.data
+    splits = {}
+    for entry in data.domains:
+        if isinstance(entry, str):
+            splits[entry] = load_text_domain(entry, cache_dir=data.cache_dir)
+        else:
+            splits[entry["name"]] = load_domain_spec({"cache_dir": data.cache_dir, **entry})
+    if tokenizer is None:
+        tokenizer = load_tokenizer(data.tokenizer) if data.tokenizer else train_wordpiece(splits, data.vocab_size, data.cache_dir)
+    domains = [
+        domain_sequences(
+            name, dataset, tokenizer, data.max_length, data.eval_sequences, data.probe_sequences, data.max_train_sequences
+        )
+        for name, dataset in splits.items()
+    ]
+    return tokenizer, domains
+
+
+def run_text_experiment(config: TextRunConfig, output: str | Path, resume: bool = False) -> Path:
+    """Run every (optimizer, seed) unit of ``config`` into ``output``; returns the run dir."""
+    run = RunDirectory(output)
+    process_kwargs = process_setup(config)
+    run.check(config.to_yaml(), resume)
+    # TrainingArguments sets up torch.distributed under a launcher; build one to learn the rank.
+    probe = TrainingArguments(output_dir=str(run.path), use_cpu=not torch.cuda.is_available(), report_to=[],
+                              deepspeed=config.train.deepspeed, **process_kwargs)
+    main = probe.process_index == 0
+    _barrier()  # every rank has checked before the main one writes
+    if main:
+        run.open(config.to_yaml())
+    _barrier()
+    with probe.main_process_first(desc="text domains and tokenizer"):
+        tokenizer, domains = load_domains(config)
+    for domain in domains:
+        logger.info("domain %s: %d train / %d eval / %d probe sequences of %d tokens", domain.name,
+                    len(domain.train), len(domain.eval), len(domain.probe), config.data.max_length)
+    finished = run.finished_units()
+    units = [(o, s) for s in config.seeds for o in config.optimizers]
+    todo = [(o, s) for o, s in units if unit_id(o.label, s) not in finished]
+    if finished:
+        logger.info("resuming %s: %d of %d units already finished", run.path, len(units) - len(todo), len(units))
+    logger.info("%s: %d units on %d process(es), device %s", config.name, len(todo), probe.world_size, probe.device)
+    for number, (optimizer, seed) in enumerate(todo, start=len(units) - len(todo) + 1):
+        logger.info("unit %d/%d: %s", number, len(units), unit_id(optimizer.label, seed))
+        unit = TextUnit(config, optimizer, seed, domains, tokenizer, run, main, process_kwargs)
+        result = unit.train()
+        result["domain_sizes"] = {d.name: {"train": len(d.train), "eval": len(d.eval), "probe": len(d.probe)} for d in domains}
+        if main:
+            run.write_unit(unit.unit, result)
+        _barrier()
+        unit.close()
+    _barrier()
+    if main:
+        run.write_report()
+        logger.info("report written to %s", run.path / "report.md")
+    return run.path
