@@ -36,7 +36,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from optimizer_step import LR, WARMUP, bert_mini_workload, state_bytes, train_steps  # noqa: E402
+from optimizer_step import LR, WARMUP, bert_workload, state_bytes, train_steps  # noqa: E402
 
 
 def root_time_ms(model, optimizer, loss_fn) -> float:
@@ -51,7 +51,7 @@ def worker(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     dist.init_process_group("gloo")
-    work = bert_mini_workload()
+    work = bert_workload("mini")
     ddp = torch.nn.parallel.DistributedDataParallel
     model_a, model_s = ddp(copy.deepcopy(work.model)), ddp(copy.deepcopy(work.model))
     adamw = torch.optim.AdamW(model_a.parameters(), lr=LR)

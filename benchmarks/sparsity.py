@@ -6,7 +6,8 @@
    warm-up, in alternating windows (base then sparsity, then sparsity then base, ...); the
    ratio of the two medians (over windows, of the mean step time in a window) is printed.
    Pairs, both with lr 1e-3 and otherwise torch defaults (on CPU that is torch's per-tensor
-   loop, foreach=False, for the baselines):
+   loop, foreach=False, for the baselines; on CUDA its foreach kernels, like the sparsity
+   step's; ``--device cuda`` times there, waiting for the GPU at every clock read):
      sparsity(base="sgd", momentum=0.9, beta=1.0)            vs torch.optim.SGD(momentum=0.9)
      sparsity(base="adam", beta=1.0, weight_decay=0.01)      vs torch.optim.AdamW (weight_decay=0.01 default)
    Workloads (from optimizer_step.py): the MNIST MLP 784-100-10 on a batch of 128 random
@@ -46,19 +47,20 @@
 
     python benchmarks/sparsity.py [--seeds 0 1 2] [--target 0.97] [--max-epochs 20]
         [--lr-multipliers 1 3 10] [--skip-bert] [--skip-convergence] [--skip-step-time]
-        [--profile] [--threads T] [--convergence-threads 1]
+        [--profile] [--threads T] [--convergence-threads 1] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import math
 import statistics
 import time
 from typing import Any, Callable
 
-from optimizer_step import WARMUP, Workload, bert_mini_workload, mlp_workload, train_steps
+from optimizer_step import WARMUP, Workload, bert_workload, device_of, mlp_workload, synchronize, train_steps
 
 import torch  # noqa: E402  (optimizer_step sets KINETO_LOG_LEVEL before torch is imported)
 import torch.nn.functional as F  # noqa: E402
@@ -98,12 +100,14 @@ PAIRS = (
 
 def step_only(model, optimizer: torch.optim.Optimizer, loss_fn, steps: int) -> float:
     """Seconds spent in ``optimizer.step()`` over ``steps`` training steps (the rest untimed)."""
-    spent = 0.0
+    spent, device = 0.0, device_of(model)
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model).backward()
+        synchronize(device)
         started = time.perf_counter()
         optimizer.step()
+        synchronize(device)
         spent += time.perf_counter() - started
     return spent
 
@@ -160,10 +164,10 @@ def profile_step(work: Workload, pair, steps: int = 50, top: int = 8) -> None:
 def step_time_part(args: argparse.Namespace) -> list[dict[str, Any]]:
     plans = [(mlp_workload, args.mlp_steps, args.mlp_windows, True)]
     if not args.skip_bert:
-        plans.append((bert_mini_workload, args.bert_steps, args.bert_windows, False))
+        plans.append((functools.partial(bert_workload, "mini"), args.bert_steps, args.bert_windows, False))
     rows = []
     for make_work, steps, windows, with_step_only in plans:
-        work = make_work()
+        work = make_work(args.device)
         for pair in PAIRS:
             rows.append(measure_pair(work, pair, steps, windows, with_step_only))
             print(f"  measured {work.name} {pair[0]} ({time.perf_counter() - STARTED:.0f} s elapsed)", flush=True)
@@ -194,7 +198,7 @@ def print_step_table(rows: list[dict[str, Any]]) -> None:
         "base = " + "; ".join(f"{p[0]}: {p[1]}" for p in PAIRS) + "\n"
         "sparsity = " + "; ".join(f"{p[0]}: {p[3]}" for p in PAIRS) + "\n"
         "ratio = sparsity ms / base ms per whole training step (zero_grad + forward + backward + step()); "
-        "step() = optimizer.step() alone (MLP only). Medians over interleaved windows of the mean step time."
+        "step() = optimizer.step() alone (where measured). Medians over interleaved windows of the mean step time."
     )
     for r in rows:
         if not r["finite"]:
@@ -352,6 +356,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="torch.profiler top ops of bare step() calls for every pair")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for step timing (default: torch's choice)")
     parser.add_argument("--convergence-threads", type=int, default=1, help="torch threads for convergence (default 1)")
+    parser.add_argument("--device", default="cpu", help="step timing on cpu (default) or a CUDA device; convergence stays on cpu")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -359,7 +364,7 @@ def main() -> None:
     if min(positive) < 1 or min(args.lr_multipliers) <= 0 or not 0 < args.target <= 1:
         parser.error("counts and lr multipliers must be positive and --target in (0, 1]")
 
-    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}")
+    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, step timing on {args.device}")
     if not args.skip_step_time:
         print(f"1. step time (goal: sparsity / base <= {GOAL}x), {WARMUP} warm-up steps per optimizer, lr {LR}")
         rows = step_time_part(args)

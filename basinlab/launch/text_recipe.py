@@ -220,8 +220,10 @@ class TextUnit:
         weight_decay = float(options.pop("weight_decay", 0.0))
         return optimizer_factory(self.optimizer_config.name), options, weight_decay
 
-    def _arguments(self, index: int, weight_decay: float) -> TrainingArguments:
+    def training_arguments(self, index: int) -> TrainingArguments:
+        """TrainingArguments of domain ``index`` (its seed, this unit's optimizer weight decay)."""
         train = self.config.train
+        weight_decay = self._options()[2]
         domain_seed = self.seed * 1000 + index  # data order, masking and dropout of this domain
         return TrainingArguments(
             output_dir=str(self.checkpoints / "trainer"),
@@ -251,7 +253,7 @@ class TextUnit:
 
     def domain_trainer(self, index: int, carried=None, restore: Callable | None = None) -> tuple[DomainTrainer, TrainingLog]:
         """The Trainer of domain ``index`` with this unit's callbacks, and its TrainingLog."""
-        optimizer_cls, kwargs, weight_decay = self._options()
+        optimizer_cls, kwargs, _ = self._options()
         log = TrainingLog(self, self.domains[index].name, index * self.config.train.steps_per_domain, carried is not None)
         if self.config.train.deepspeed:
             # Accelerate refuses a DeepSpeed plugin for a second Accelerator in one process, but every
@@ -259,7 +261,7 @@ class TextUnit:
             AcceleratorState._reset_state()
         trainer = DomainTrainer(
             model=self.model,
-            args=self._arguments(index, weight_decay),
+            args=self.training_arguments(index),
             train_dataset=self.domains[index].train,
             data_collator=self.collator(),
             optimizer_cls_and_kwargs=(optimizer_cls, kwargs),
