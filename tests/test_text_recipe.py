@@ -131,3 +131,20 @@ def test_too_small_validation_split_is_a_clear_error(tmp_path):
     config = text_config(tmp_path, data={"max_length": 512, "probe_sequences": 4})
     with pytest.raises(UserError, match="validation split gives .* fewer than data.probe_sequences"):
         text_recipe.load_domains(config)
+
+
+def test_pack_sequences_fills_every_position(tmp_path):
+    from transformers import BertTokenizerFast
+
+    from basinlab.data.mlm import pack_sequences
+
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *[f"w{i}" for i in range(20)]]))
+    tokenizer = BertTokenizerFast.from_pretrained(str(tmp_path))
+    docs = ["w1 w2 w3", "", "w4 w5 w6 w7 w8", "w9 w10 w11 w12 w13 w14 w15"]
+    sequences = pack_sequences(docs, tokenizer, max_length=6)
+    body = [t for s in sequences for t in s[1:-1]]
+    ids = tokenizer.convert_tokens_to_ids
+    assert all(len(s) == 6 and s[0] == tokenizer.cls_token_id and s[-1] == tokenizer.sep_token_id for s in sequences)
+    # documents joined by [SEP] (the empty one skipped), cut into bodies of 4; the tail of 2 tokens dropped
+    stream = [*ids(["w1", "w2", "w3"]), 3, *ids(["w4", "w5", "w6", "w7", "w8"]), 3, *ids([f"w{i}" for i in range(9, 16)]), 3]
+    assert body == stream[: len(stream) // 4 * 4] and len(sequences) == len(stream) // 4

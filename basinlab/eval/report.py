@@ -22,15 +22,41 @@ def _cell(stat: dict[str, Any], digits: int) -> str:
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
-def comparison_table(summary: dict[str, Any]) -> str:
-    """Markdown table: one row per optimizer, mean ± std over seeds."""
-    header = "| optimizer | seeds | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
-    rule = "|" + "---|" * (len(COLUMNS) + 2)
+def comparison_table(summary: dict[str, Any], columns: list[tuple[str, str, int]] = COLUMNS) -> str:
+    """Markdown table: one row per optimizer, mean ± std over seeds of each (key, title, digits) column."""
+    header = "| optimizer | seeds | " + " | ".join(title for _, title, _ in columns) + " |"
+    rule = "|" + "---|" * (len(columns) + 2)
     rows = [
-        f"| {label} | {len(agg['seeds'])} | " + " | ".join(_cell(agg[key], d) for key, _, d in COLUMNS) + " |"
+        f"| {label} | {len(agg['seeds'])} | " + " | ".join(_cell(agg[key], d) for key, _, d in columns) + " |"
         for label, agg in summary["aggregate"].items()
     ]
     return "\n".join([header, rule, *rows])
+
+
+def _optimizer_lines(summary: dict[str, Any]) -> list[str]:
+    return [
+        f"- **{label}**: `{spec['name']}` " + ", ".join(f"{k}={v}" for k, v in spec.items() if k != "name")
+        for label, spec in summary["optimizers"].items()
+    ]
+
+
+def _figures_and_definitions(summary: dict[str, Any], plots: list[str]) -> list[str]:
+    return [
+        "## Figures",
+        "",
+        *[f"![{name}](plots/{name})\n" for name in plots],
+        "## Definitions",
+        "",
+        *[f"- **{key}**: {text}" for key, text in summary["conventions"].items()],
+        "",
+    ]
+
+
+def _wall_time(summary: dict[str, Any]) -> str:
+    wall = sum(u.get("wall_time_s", 0.0) for u in summary["units"])
+    return f"Training wall time, all units: {wall:.0f} s." + (
+        "" if summary["complete"] else " **Incomplete run: some units have not finished.**"
+    )
 
 
 def pruning_table(summary: dict[str, Any]) -> str:
@@ -58,20 +84,14 @@ def pruning_table(summary: dict[str, Any]) -> str:
 
 
 def render_report(summary: dict[str, Any], plots: list[str]) -> str:
-    wall = sum(u.get("wall_time_s", 0.0) for u in summary["units"])
-    options = "\n".join(
-        f"- **{label}**: `{spec['name']}` " + ", ".join(f"{k}={v}" for k, v in spec.items() if k != "name")
-        for label, spec in summary["optimizers"].items()
-    )
     lines = [
         f"# {summary['name']}: {summary['stream'].replace('_', '-')} MNIST, {summary['num_tasks']} tasks",
         "",
         f"Seeds: {summary['seeds']} (same seed = same initial weights and task sequence for every optimizer). "
-        f"Processes: {summary['world_size']}. Training wall time, all units: {wall:.0f} s."
-        + ("" if summary["complete"] else " **Incomplete run: some units have not finished.**"),
+        f"Processes: {summary['world_size']}. {_wall_time(summary)}",
         "",
         "Optimizers:",
-        options,
+        *_optimizer_lines(summary),
         "",
         "## Comparison (mean ± std over seeds)",
         "",
@@ -86,13 +106,7 @@ def render_report(summary: dict[str, Any], plots: list[str]) -> str:
             if pruning_table(summary)
             else []
         ),
-        "## Figures",
-        "",
-        *[f"![{name}](plots/{name})\n" for name in plots],
-        "## Definitions",
-        "",
-        *[f"- **{key}**: {text}" for key, text in summary["conventions"].items()],
-        "",
+        *_figures_and_definitions(summary, plots),
     ]
     return "\n".join(lines)
 
@@ -109,17 +123,6 @@ TEXT_COLUMNS = [
 ]
 
 
-def text_comparison_table(summary: dict[str, Any]) -> str:
-    """Markdown table of a text run: one row per optimizer, mean ± std over seeds."""
-    header = "| optimizer | seeds | " + " | ".join(title for _, title, _ in TEXT_COLUMNS) + " |"
-    rule = "|" + "---|" * (len(TEXT_COLUMNS) + 2)
-    rows = [
-        f"| {label} | {len(agg['seeds'])} | " + " | ".join(_cell(agg[key], d) for key, _, d in TEXT_COLUMNS) + " |"
-        for label, agg in summary["aggregate"].items()
-    ]
-    return "\n".join([header, rule, *rows])
-
-
 def loss_matrix_tables(summary: dict[str, Any]) -> list[str]:
     """One markdown loss matrix per optimizer (mean over seeds), the initial losses as the first row."""
     domains = summary["domains"]
@@ -133,12 +136,7 @@ def loss_matrix_tables(summary: dict[str, Any]) -> list[str]:
 
 
 def render_text_report(summary: dict[str, Any], plots: list[str]) -> str:
-    wall = sum(u.get("wall_time_s", 0.0) for u in summary["units"])
     model = summary["model"]
-    options = "\n".join(
-        f"- **{label}**: `{spec['name']}` " + ", ".join(f"{k}={v}" for k, v in spec.items() if k != "name")
-        for label, spec in summary["optimizers"].items()
-    )
     sizes = summary.get("domain_sizes") or {}
     domains = ", ".join(
         f"{name} ({sizes[name]['train']} train / {sizes[name]['eval']} eval seq.)" if name in sizes else name
@@ -149,16 +147,14 @@ def render_text_report(summary: dict[str, Any], plots: list[str]) -> str:
         "",
         f"Domains in training order: {domains}; sequences of {summary['max_length']} tokens, "
         f"{summary['steps_per_domain']} optimizer steps per domain. Seeds: {summary['seeds']} (same seed = same initial "
-        f"weights, data order and masks for every optimizer). Processes: {summary['world_size']}. "
-        f"Training wall time, all units: {wall:.0f} s."
-        + ("" if summary["complete"] else " **Incomplete run: some units have not finished.**"),
+        f"weights, data order and masks for every optimizer). Processes: {summary['world_size']}. {_wall_time(summary)}",
         "",
         "Optimizers:",
-        options,
+        *_optimizer_lines(summary),
         "",
         "## Comparison (mean ± std over seeds)",
         "",
-        text_comparison_table(summary),
+        comparison_table(summary, TEXT_COLUMNS),
         "",
         "Losses are validation masked-LM cross-entropy; ↓ lower is better. BWT and forgetting are positive when "
         "the model forgets. Effective rank, cross-domain cosine and retained CKA describe the last layer after "
@@ -167,12 +163,6 @@ def render_text_report(summary: dict[str, Any], plots: list[str]) -> str:
         "## Loss matrices (mean over seeds)",
         "",
         *loss_matrix_tables(summary),
-        "## Figures",
-        "",
-        *[f"![{name}](plots/{name})\n" for name in plots],
-        "## Definitions",
-        "",
-        *[f"- **{key}**: {text}" for key, text in summary["conventions"].items()],
-        "",
+        *_figures_and_definitions(summary, plots),
     ]
     return "\n".join(lines)

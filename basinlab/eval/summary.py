@@ -85,9 +85,17 @@ def build_summary(config: dict[str, Any], units: list[dict[str, Any]]) -> dict[s
         "num_tasks": config["data"]["num_tasks"],
         "task_names": first.get("task_names", []),
         "world_size": first.get("world_size"),
+        **run_fields(config, units, aggregate, CONVENTIONS),
+    }
+
+
+def run_fields(config: dict[str, Any], units: list[dict[str, Any]], aggregate: dict, conventions: dict) -> dict[str, Any]:
+    """The summary keys every recipe shares: arms, seeds, conventions, aggregate, units, completeness."""
+    labels = [o["label"] for o in config["optimizers"]]
+    return {
         "optimizers": {o["label"]: {k: v for k, v in o.items() if k != "label"} for o in config["optimizers"]},
         "seeds": config["seeds"],
-        "conventions": CONVENTIONS,
+        "conventions": conventions,
         "aggregate": aggregate,
         "units": sorted(units, key=lambda u: (labels.index(u["optimizer"]), u["seed"])),
         "complete": len(units) == len(labels) * len(config["seeds"]),

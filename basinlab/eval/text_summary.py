@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from basinlab.eval.summary import SCHEMA_VERSION, mean_std, mean_std_curves, nan_mean
+from basinlab.eval.summary import SCHEMA_VERSION, mean_std, mean_std_curves, nan_mean, run_fields
 
 
 def _finite_mean(values: list[float | None]) -> float:
@@ -106,10 +106,5 @@ def build_text_summary(config: dict[str, Any], units: list[dict[str, Any]]) -> d
         "max_length": data["max_length"],
         "steps_per_domain": config["train"]["steps_per_domain"],
         "world_size": first.get("world_size"),
-        "optimizers": {o["label"]: {k: v for k, v in o.items() if k != "label"} for o in config["optimizers"]},
-        "seeds": config["seeds"],
-        "conventions": CONVENTIONS,
-        "aggregate": aggregate,
-        "units": sorted(units, key=lambda u: (labels.index(u["optimizer"]), u["seed"])),
-        "complete": len(units) == len(labels) * len(config["seeds"]),
+        **run_fields(config, units, aggregate, CONVENTIONS),
     }
