@@ -56,6 +56,13 @@ def test_ints_are_accepted_for_float_options_and_round_trip():
         ({"optimizers": [{"lr": 0.1}]}, "must be a mapping with a 'name'"),
         ({"optimizers": [{"name": "sgd"}, {"name": "sgd"}]}, "labels must be unique"),
         ({"optimizers": [{"name": "sgd", "label": "a/b"}]}, "label' must be letters"),
+        ({"optimizers": [{"name": "sgd", "then": {"name": "sgd"}}]}, r"optimizers\[0\]' \(sgd\) needs both 'then' and 'switch_after_steps'"),
+        ({"optimizers": [{"name": "sgd", "switch_after_steps": 5}]}, "needs both 'then' and 'switch_after_steps' or neither"),
+        ({"optimizers": [{"name": "sgd", "then": "adamw", "switch_after_steps": 5}]}, r"optimizers\[0\]\.then' must be a mapping with a 'name'"),
+        ({"optimizers": [{"name": "sgd", "then": {"name": "sgd", "lrr": 1}, "switch_after_steps": 5}]}, r"optimizers\[0\]\.then' \(sgd\): optimizer 'sgd' has no option 'lrr'"),
+        ({"optimizers": [{"name": "sgd", "then": {"name": "adamw", "lr": -1.0}, "switch_after_steps": 5}]}, r"optimizers\[0\]\.then' \(sgd\): Invalid learning rate"),
+        ({"optimizers": [{"name": "sgd", "then": {"name": "sgd"}, "switch_after_steps": 0}]}, r"optimizers\[0\]\.switch_after_steps' must be >= 1"),
+        ({"recipe": "text", "optimizers": [{"name": "sgd", "then": {"name": "sgd"}, "switch_after_steps": 5}]}, "then/switch_after_steps, which only the mnist recipe supports"),
         ([1, 2], "must be a YAML mapping"),
     ],
 )

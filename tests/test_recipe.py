@@ -58,6 +58,27 @@ def test_summary_schema_and_metric_consistency(finished_run):
     )
 
 
+def test_units_keep_validation_curves_and_the_summary_carries_intervals_and_the_card(finished_run):
+    summary = json.loads((finished_run / "summary.json").read_text())
+    for unit in summary["units"]:
+        for curve, epochs, best in zip(unit["val_accuracy_curve"], unit["epochs"], unit["best_val_accuracy"]):
+            assert len(curve) == epochs and max(acc for _, acc in curve) == best
+        steps = [step for curve in unit["val_accuracy_curve"] for step, _ in curve]
+        assert steps == sorted(steps) and steps[-1] == unit["steps"]
+    acc = summary["aggregate"]["sgd"]["acc"]
+    assert acc["ci_level"] == 0.95 and acc["ci_low"] <= acc["mean"] <= acc["ci_high"]
+    (pair,) = summary["paired_differences"]
+    assert (pair["a"], pair["b"], pair["seeds"]) == ("sgd", "adamw", [0, 1]) and pair["acc"]["n"] == 2
+    card = summary["property_card"]
+    assert card["convergence_target"] == 0.95 and card["sparsity_threshold"] == "0.001"
+    assert set(card["optimizers"]["sgd"]) == {
+        "convergence_steps", "acc", "forgetting", "final_effective_rank", "final_cross_class_cosine", "sparsity"
+    }
+    report = (finished_run / "report.md").read_text()
+    assert "## Paired differences (same seed)" in report and "| sgd − adamw | 2 |" in report
+    assert "## Optimizer property card" in report
+
+
 def test_same_seed_starts_every_optimizer_from_the_same_weights(finished_run):
     units = {u["unit"]: u for u in json.loads((finished_run / "summary.json").read_text())["units"]}
     assert units["sgd__seed0"]["initial_accuracies"] == units["adamw__seed0"]["initial_accuracies"]

@@ -16,21 +16,81 @@ COLUMNS = [
 ]
 
 
-def _cell(stat: dict[str, Any], digits: int) -> str:
+PROPERTY_CARD_COLUMNS = [
+    ("convergence_steps", "steps to val acc ≥ {target} on task 1 ↓", 0),
+    ("acc", "ACC ↑", 3),
+    ("forgetting", "Forgetting ↓", 3),
+    ("final_effective_rank", "eff. rank", 1),
+    ("final_cross_class_cosine", "cross-class cos", 3),
+    ("sparsity", "share \\|w\\| < {threshold}", 3),
+]
+
+CI_NOTE = (
+    "Cells: mean ± half-width of the 95 % Student-t confidence interval over seeds; (n=k) where only k seeds "
+    "have a value (diverged, or never reached the target); n/a where none has."
+)
+
+
+def _cell(stat: dict[str, Any], digits: int, spread: str = "ci") -> str:
+    """mean ± 95 % CI half-width (or ± std); the mean alone where one seed leaves no spread."""
     if stat["mean"] is None:
         return "n/a"
-    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+    if spread == "std":
+        width = stat["std"]
+    else:
+        width = None if stat["ci_high"] is None else stat["ci_high"] - stat["mean"]
+    return f"{stat['mean']:.{digits}f}" + ("" if width is None else f" ± {width:.{digits}f}")
+
+
+def _difference_cell(stat: dict[str, Any], digits: int) -> str:
+    """A paired difference, starred when its interval excludes 0."""
+    excludes_zero = stat["ci_low"] is not None and (stat["ci_low"] > 0 or stat["ci_high"] < 0)
+    return _cell(stat, digits) + (" *" if excludes_zero else "")
+
+
+def stat_table(first: str, rows: list[tuple[str, int, dict]], columns: list[tuple[str, str, int]], cell=_cell) -> str:
+    """Markdown table of (name, seeds, stats) rows, one column per (key, title, digits); n/a for a missing key."""
+    header = f"| {first} | seeds | " + " | ".join(title for _, title, _ in columns) + " |"
+    rule = "|" + "---|" * (len(columns) + 2)
+    lines = []
+    for name, seeds, stats in rows:
+        cells = []
+        for key, _, digits in columns:
+            stat = stats.get(key)
+            text = "n/a" if stat is None else cell(stat, digits)
+            if stat is not None and 0 < stat["n"] < seeds:
+                text += f" (n={stat['n']})"
+            cells.append(text)
+        lines.append(f"| {name} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join([header, rule, *lines])
 
 
 def comparison_table(summary: dict[str, Any], columns: list[tuple[str, str, int]] = COLUMNS) -> str:
-    """Markdown table: one row per optimizer, mean ± std over seeds of each (key, title, digits) column."""
-    header = "| optimizer | seeds | " + " | ".join(title for _, title, _ in columns) + " |"
-    rule = "|" + "---|" * (len(columns) + 2)
-    rows = [
-        f"| {label} | {len(agg['seeds'])} | " + " | ".join(_cell(agg[key], d) for key, _, d in columns) + " |"
-        for label, agg in summary["aggregate"].items()
+    """One row per optimizer, mean ± 95 % CI half-width over seeds of each (key, title, digits) column."""
+    rows = [(label, len(agg["seeds"]), agg) for label, agg in summary["aggregate"].items()]
+    return stat_table("optimizer", rows, columns)
+
+
+def paired_table(summary: dict[str, Any], columns: list[tuple[str, str, int]] = COLUMNS) -> str:
+    """One row per optimizer pair: same-seed differences a − b of the comparison table's metrics."""
+    rows = [(f"{d['a']} − {d['b']}", len(d["seeds"]), d) for d in summary["paired_differences"]]
+    return stat_table("a − b", rows, columns, cell=_difference_cell)
+
+
+PAIRED_NOTE = ("Each cell: mean over seeds of (a − b) on the same seed (same initial weights) ± 95 % CI "
+               "half-width; * the interval excludes 0. Arrows as in the comparison.")
+
+
+def property_card_table(summary: dict[str, Any]) -> str:
+    """One row per optimizer: the properties the paper compares side by side; columns no unit measured are left out."""
+    card = summary["property_card"]
+    rows = [(label, len(summary["aggregate"][label]["seeds"]), row) for label, row in card["optimizers"].items()]
+    columns = [
+        (key, title.format(target=card["convergence_target"], threshold=card["sparsity_threshold"]), digits)
+        for key, title, digits in PROPERTY_CARD_COLUMNS
+        if any(key in row for _, _, row in rows)
     ]
-    return "\n".join([header, rule, *rows])
+    return stat_table("optimizer", rows, columns)
 
 
 def _optimizer_lines(summary: dict[str, Any]) -> list[str]:
@@ -68,7 +128,7 @@ def pruning_table(summary: dict[str, Any]) -> str:
     thresholds = list(next(iter(aggregate.values())).get("final_weights_below", {}))
     header = (
         "| optimizer | " + " | ".join(f"{100 * k:g}% kept" for k in keep) + " | "
-        + " | ".join(f"share |w| < {t}" for t in thresholds) + " |"
+        + " | ".join(f"share \\|w\\| < {t}" for t in thresholds) + " |"
     )
     rule = "|" + "---|" * (len(keep) + len(thresholds) + 1)
     rows = []
@@ -78,7 +138,9 @@ def pruning_table(summary: dict[str, Any]) -> str:
                 continue
             curve = agg["pruning"][kind]
             cells = [f"{m:.3f} ± {s:.3f}" for m, s in zip(curve["mean"], curve["std"])]
-            below = [_cell(agg["final_weights_below"][t], 3) for t in thresholds] if not suffix else [""] * len(thresholds)
+            below = [""] * len(thresholds)
+            if not suffix:
+                below = [_cell(agg["final_weights_below"][t], 3, "std") for t in thresholds]
             rows.append(f"| {label}{suffix} | " + " | ".join(cells + below) + " |")
     return "\n".join([header, rule, *rows])
 
@@ -93,13 +155,27 @@ def render_report(summary: dict[str, Any], plots: list[str]) -> str:
         "Optimizers:",
         *_optimizer_lines(summary),
         "",
-        "## Comparison (mean ± std over seeds)",
+        "## Comparison (mean ± 95 % CI half-width over seeds)",
         "",
         comparison_table(summary),
         "",
         "↑ higher is better, ↓ lower is better. Effective rank, cross-class cosine and task-1 CKA describe "
         "the last hidden layer after the final task; lower rank and cosine mean more compact, less "
-        "overlapping class representations.",
+        f"overlapping class representations. {CI_NOTE}",
+        "",
+        "## Paired differences (same seed)",
+        "",
+        paired_table(summary),
+        "",
+        PAIRED_NOTE,
+        "",
+        "## Optimizer property card",
+        "",
+        property_card_table(summary),
+        "",
+        "Convergence: optimizer steps until task 1's validation accuracy, measured after each epoch, first "
+        "reaches the target (so to one epoch's steps); n counts the seeds that reached it. The other cells "
+        "are after the last task; cells as in the comparison.",
         "",
         *(
             ["## Sparsity: accuracy after magnitude pruning (mean ± std over seeds)", "", pruning_table(summary), ""]
@@ -152,13 +228,19 @@ def render_text_report(summary: dict[str, Any], plots: list[str]) -> str:
         "Optimizers:",
         *_optimizer_lines(summary),
         "",
-        "## Comparison (mean ± std over seeds)",
+        "## Comparison (mean ± 95 % CI half-width over seeds)",
         "",
         comparison_table(summary, TEXT_COLUMNS),
         "",
         "Losses are validation masked-LM cross-entropy; ↓ lower is better. BWT and forgetting are positive when "
         "the model forgets. Effective rank, cross-domain cosine and retained CKA describe the last layer after "
         "the final domain (per layer in the figures).",
+        "",
+        "## Paired differences (same seed)",
+        "",
+        paired_table(summary, TEXT_COLUMNS),
+        "",
+        PAIRED_NOTE,
         "",
         "## Loss matrices (mean over seeds)",
         "",

@@ -1,16 +1,19 @@
 """Aggregate per-unit results into the run summary (the schema documented in the README).
 
 A unit is one (optimizer, seed) run; the summary keeps every unit and adds, per
-optimizer, mean, standard deviation and count over seeds of the headline metrics.
+optimizer, mean, standard deviation, count and 95 % confidence interval over seeds of the
+headline metrics, the same-seed differences between optimizers, and a property card.
 """
 
 from __future__ import annotations
 
-import math
+import itertools
 import warnings
 from typing import Any
 
 import numpy as np
+
+from basinlab.eval.stats import mean_ci, paired_differences
 
 SCHEMA_VERSION = 1
 
@@ -42,15 +45,21 @@ CONVENTIONS = {
     "pruning": "mean test accuracy over all tasks after the last task, with all but the largest `keep` fraction of "
     "weight-matrix entries zeroed (ranked globally or per layer; biases kept), without retraining or after "
     "`finetune_steps` masked steps on the last task",
+    "paired_differences": "for optimizers a listed before b in the config: per headline metric, mean over the seeds "
+    "both finished of (a - b) on the same seed, with its t interval; the same seed gives both the same initial "
+    "weights and tasks, so the pairing removes the seed-to-seed variation the two share",
+    "convergence_steps": "optimizer steps until the validation accuracy on task 1, measured after every epoch, "
+    "first reaches train.convergence_target (so to one epoch's steps); seeds that never reach it are left out "
+    "and n counts the seeds that did",
+    "sparsity": "share of weight-matrix entries with |w| below the first sparsity threshold after the last task",
 }
 
-
-def mean_std(values: list[float]) -> dict[str, float | int | None]:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return {"mean": None, "std": None, "n": 0}
-    std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
-    return {"mean": float(np.mean(finite)), "std": std, "n": len(finite)}
+# Every recipe's headline statistics come from mean_ci, so every summary carries this definition.
+CI_CONVENTION = {
+    "confidence_interval": "ci_low/ci_high: Student-t interval for the mean over seeds at ci_level (0.95), "
+    "mean ± t_{(1+level)/2, n-1} std / sqrt(n) with std over seeds (ddof 1); n counts the seeds with a finite "
+    "value (a diverged seed is left out); no std or interval when n < 2",
+}
 
 
 def average_accuracy_curve(matrix: list[list[float]]) -> list[float]:
@@ -69,7 +78,7 @@ def build_summary(config: dict[str, Any], units: list[dict[str, Any]]) -> dict[s
         group = sorted(group, key=lambda u: u["seed"])
         aggregate[label] = {
             "seeds": [u["seed"] for u in group],
-            **{name: mean_std([read(u) for u in group]) for name, read in HEADLINE.items()},
+            **{name: mean_ci([read(u) for u in group]) for name, read in HEADLINE.items()},
             "mean_accuracy_matrix": np.mean([u["accuracy_matrix"] for u in group], axis=0).tolist(),
             "average_accuracy_curve": mean_std_curves([average_accuracy_curve(u["accuracy_matrix"]) for u in group]),
             "first_task_accuracy_curve": mean_std_curves([[row[0] for row in u["accuracy_matrix"]] for u in group]),
@@ -86,7 +95,48 @@ def build_summary(config: dict[str, Any], units: list[dict[str, Any]]) -> dict[s
         "task_names": first.get("task_names", []),
         "world_size": first.get("world_size"),
         **run_fields(config, units, aggregate, CONVENTIONS),
+        "paired_differences": paired_difference_table({label: by_label[label] for label in aggregate}),
+        "property_card": property_card(config, by_label, aggregate),
     }
+
+
+def paired_difference_table(by_label: dict[str, list[dict[str, Any]]], headline: dict = HEADLINE) -> list[dict[str, Any]]:
+    """Per pair of optimizers (a before b) the same-seed differences a - b of every ``headline`` metric."""
+    table = []
+    for a, b in itertools.combinations(by_label, 2):
+        units_a, units_b = ({u["seed"]: u for u in by_label[label]} for label in (a, b))
+        differences = {
+            name: paired_differences({s: read(u) for s, u in units_a.items()}, {s: read(u) for s, u in units_b.items()})
+            for name, read in headline.items()
+        }
+        table.append({"a": a, "b": b, "seeds": sorted(units_a.keys() & units_b.keys()), **differences})
+    return table
+
+
+def steps_to_target(curve: list[list[float]], target: float) -> int | None:
+    """The optimizer step of the first (step, val_accuracy) point at or above ``target``; None if none is."""
+    return next((step for step, accuracy in curve if accuracy >= target), None)
+
+
+def property_card(config: dict[str, Any], by_label: dict[str, list[dict[str, Any]]], aggregate: dict) -> dict[str, Any]:
+    """One row per optimizer: convergence speed, ACC, forgetting, final representation and sparsity.
+
+    Convergence needs the units' validation curves and sparsity their small-weight
+    shares; units written before these existed leave the cell out.
+    """
+    target = config["train"].get("convergence_target")
+    measured = [agg["final_weights_below"] for agg in aggregate.values() if "final_weights_below" in agg]
+    threshold = next(iter(measured[0])) if measured else None  # the first configured threshold
+    rows = {}
+    for label, agg in aggregate.items():
+        group = by_label[label]
+        row = {key: agg[key] for key in ("acc", "forgetting", "final_effective_rank", "final_cross_class_cosine")}
+        if target is not None and all("val_accuracy_curve" in u for u in group):
+            row["convergence_steps"] = mean_ci([steps_to_target(u["val_accuracy_curve"][0], target) for u in group])
+        if "final_weights_below" in agg:
+            row["sparsity"] = agg["final_weights_below"][threshold]
+        rows[label] = row
+    return {"convergence_target": target, "sparsity_threshold": threshold, "optimizers": rows}
 
 
 def run_fields(config: dict[str, Any], units: list[dict[str, Any]], aggregate: dict, conventions: dict) -> dict[str, Any]:
@@ -95,7 +145,7 @@ def run_fields(config: dict[str, Any], units: list[dict[str, Any]], aggregate: d
     return {
         "optimizers": {o["label"]: {k: v for k, v in o.items() if k != "label"} for o in config["optimizers"]},
         "seeds": config["seeds"],
-        "conventions": conventions,
+        "conventions": {**conventions, **CI_CONVENTION},
         "aggregate": aggregate,
         "units": sorted(units, key=lambda u: (labels.index(u["optimizer"]), u["seed"])),
         "complete": len(units) == len(labels) * len(config["seeds"]),
@@ -115,7 +165,7 @@ def sparsity_aggregate(group: list[dict[str, Any]]) -> dict[str, Any]:
     result = {}
     if all("weights_below" in u for u in group):
         thresholds = group[0]["weights_below"][-1]
-        result["final_weights_below"] = {t: mean_std([u["weights_below"][-1][t] for u in group]) for t in thresholds}
+        result["final_weights_below"] = {t: mean_ci([u["weights_below"][-1][t] for u in group]) for t in thresholds}
     if all("pruning" in u for u in group):
         first = group[0]["pruning"]
         pruning = {"scope": first["scope"], "keep": first["keep"]}

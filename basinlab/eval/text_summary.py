@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from basinlab.eval.summary import SCHEMA_VERSION, mean_std, mean_std_curves, nan_mean, run_fields
+from basinlab.eval.stats import mean_ci
+from basinlab.eval.summary import SCHEMA_VERSION, mean_std_curves, nan_mean, paired_difference_table, run_fields
 
 
 def _finite_mean(values: list[float | None]) -> float:
@@ -37,15 +38,19 @@ def unit_layer_metrics(unit: dict[str, Any]) -> list[dict[str, float]]:
     return [layer_metrics(layer, retained) for layer in unit["final_representation"]]
 
 
+def _last_layer(key: str):
+    return lambda u: unit_layer_metrics(u)[-1][key]
+
+
 HEADLINE = {
-    "final_loss": lambda u, layers: u["continual"]["final_loss"],
-    "bwt_loss": lambda u, layers: u["continual"]["bwt_loss"],
-    "fwt_loss": lambda u, layers: u["continual"]["fwt_loss"],
-    "forgetting_loss": lambda u, layers: u["continual"]["forgetting_loss"],
-    "final_effective_rank": lambda u, layers: layers[-1]["effective_rank"],
-    "final_cross_domain_cosine": lambda u, layers: layers[-1]["cross_domain_cosine"],
-    "final_retained_cka": lambda u, layers: layers[-1]["retained_cka"],
-    "tokens_per_second": lambda u, layers: _finite_mean(u["tokens_per_second"]),
+    "final_loss": lambda u: u["continual"]["final_loss"],
+    "bwt_loss": lambda u: u["continual"]["bwt_loss"],
+    "fwt_loss": lambda u: u["continual"]["fwt_loss"],
+    "forgetting_loss": lambda u: u["continual"]["forgetting_loss"],
+    "final_effective_rank": _last_layer("effective_rank"),
+    "final_cross_domain_cosine": _last_layer("cross_domain_cosine"),
+    "final_retained_cka": _last_layer("retained_cka"),
+    "tokens_per_second": lambda u: _finite_mean(u["tokens_per_second"]),
 }
 
 CONVENTIONS = {
@@ -77,7 +82,7 @@ def build_text_summary(config: dict[str, Any], units: list[dict[str, Any]]) -> d
         layers = [unit_layer_metrics(u) for u in group]
         aggregate[label] = {
             "seeds": [u["seed"] for u in group],
-            **{name: mean_std([read(u, ls) for u, ls in zip(group, layers)]) for name, read in HEADLINE.items()},
+            **{name: mean_ci([read(u) for u in group]) for name, read in HEADLINE.items()},
             "mean_loss_matrix": nan_mean([u["loss_matrix"] for u in group]),
             "mean_initial_losses": nan_mean([u["initial_losses"] for u in group]),
             "first_domain_loss_curve": mean_std_curves([[row[0] for row in u["loss_matrix"]] for u in group]),
@@ -107,4 +112,7 @@ def build_text_summary(config: dict[str, Any], units: list[dict[str, Any]]) -> d
         "steps_per_domain": config["train"]["steps_per_domain"],
         "world_size": first.get("world_size"),
         **run_fields(config, units, aggregate, CONVENTIONS),
+        "paired_differences": paired_difference_table(
+            {label: [u for u in units if u["optimizer"] == label] for label in aggregate}, HEADLINE
+        ),
     }

@@ -76,10 +76,12 @@ class TrainConfig:
     patience: int = 1  # stop a task after this many epochs without a new best val accuracy
     eval_batch_size: int = 10_000
     reset_optimizer_per_task: bool = False  # default carries optimizer state across tasks
+    convergence_target: float = 0.95  # task-1 val accuracy whose first crossing times convergence (report only)
 
     def check(self) -> None:
         for name in ("batch_size", "max_epochs", "patience", "eval_batch_size"):
             _require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
+        _require(0 < self.convergence_target <= 1, "train.convergence_target", "must be in (0, 1]")
 
 
 @dataclass
@@ -104,20 +106,37 @@ class SparsityConfig:
 
 
 @dataclass
-class OptimizerConfig:
-    """One arm of the comparison: a registry name, a label and its keyword options, plus what
-    the arm changes besides the optimizer (model overrides such as Powerprop, an L1 penalty)."""
+class OptimizerSpec:
+    """A registry name and the keyword options to construct it with."""
 
     name: str
-    label: str
     options: dict[str, Any]
+
+    def build(self, params: Any) -> torch.optim.Optimizer:
+        return build_optimizer(self.name, params, **self.options)
+
+    def to_yaml(self) -> dict[str, Any]:
+        return {"name": self.name, **self.options}
+
+
+@dataclass
+class OptimizerConfig(OptimizerSpec):
+    """One arm of the comparison: a registry name, a label and its keyword options, plus what
+    the arm changes besides the optimizer (model overrides such as Powerprop, an L1 penalty,
+    a second optimizer that takes over after the first ``switch_after_steps`` steps of each task)."""
+
+    label: str
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the run's model section
     l1_penalty: float = 0.0  # adds l1_penalty * sum |w| over the weight matrices to the loss
+    then: Optional[OptimizerSpec] = None  # trains each task after the first switch_after_steps steps
+    switch_after_steps: Optional[int] = None
 
     def to_yaml(self) -> dict[str, Any]:
         extras = {"model": self.model} if self.model else {}
         if self.l1_penalty:
             extras["l1_penalty"] = self.l1_penalty
+        if self.then is not None:
+            extras.update(then=self.then.to_yaml(), switch_after_steps=self.switch_after_steps)
         return {"name": self.name, "label": self.label, **self.options, **extras}
 
 
@@ -296,9 +315,9 @@ class TextRunConfig(ExperimentConfig):
         self.train.check()
         for optimizer in self.optimizers:
             _require(
-                not optimizer.model and not optimizer.l1_penalty,
+                not optimizer.model and not optimizer.l1_penalty and optimizer.then is None,
                 f"optimizers.{optimizer.label}",
-                "sets model overrides or l1_penalty, which only the mnist recipe supports",
+                "sets model overrides, l1_penalty or then/switch_after_steps, which only the mnist recipe supports",
             )
 
 
@@ -355,12 +374,25 @@ def _section(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**{k: _coerce(v, hints[k], f"{prefix}.{k}") for k, v in raw.items()})
 
 
-def _optimizer(raw: Any, index: int) -> OptimizerConfig:
-    key = f"optimizers[{index}]"
+def _named_options(raw: Any, key: str) -> tuple[str, dict[str, Any]]:
+    """(name, the remaining keys) of an optimizer mapping such as {name: sgd, lr: 0.1}."""
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise UserError(f"config key '{key}' must be a mapping with a 'name', e.g. {{name: sgd, lr: 0.1}}")
     options = dict(raw)
-    name = options.pop("name")
+    return options.pop("name"), options
+
+
+def _checked_spec(name: str, options: dict[str, Any], key: str, label: str) -> OptimizerSpec:
+    try:  # constructing on a throwaway parameter runs the optimizer's own value checks
+        build_optimizer(name, [torch.nn.Parameter(torch.zeros(2, 2))], **options)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"config key '{key}' ({label}): {err}") from None
+    return OptimizerSpec(name=name.lower(), options=options)
+
+
+def _optimizer(raw: Any, index: int) -> OptimizerConfig:
+    key = f"optimizers[{index}]"
+    name, options = _named_options(raw, key)
     label = options.pop("label", name)
     if not isinstance(label, str) or not _LABEL.match(label):
         raise UserError(f"config key '{key}.label' must be letters, digits, '_.+-', got {label!r}")
@@ -369,11 +401,21 @@ def _optimizer(raw: Any, index: int) -> OptimizerConfig:
         raise UserError(f"config key '{key}.model' must be a mapping of model overrides, e.g. {{powerprop_alpha: 2}}")
     l1_penalty = _coerce(options.pop("l1_penalty", 0.0), float, f"{key}.l1_penalty")
     _require(l1_penalty >= 0, f"{key}.l1_penalty", "must be >= 0")
-    try:  # constructing on a throwaway parameter runs the optimizer's own value checks
-        build_optimizer(name, [torch.nn.Parameter(torch.zeros(2, 2))], **options)
-    except (ValueError, TypeError) as err:
-        raise UserError(f"config key '{key}' ({label}): {err}") from None
-    return OptimizerConfig(name=name.lower(), label=label, options=options, model=model, l1_penalty=l1_penalty)
+    then, switch = options.pop("then", None), options.pop("switch_after_steps", None)
+    if (then is None) != (switch is None):
+        raise UserError(
+            f"config key '{key}' ({label}) needs both 'then' and 'switch_after_steps' or neither, "
+            "e.g. then: {name: sgd, lr: 0.05}, switch_after_steps: 100"
+        )
+    if then is not None:
+        then = _checked_spec(*_named_options(then, f"{key}.then"), f"{key}.then", label)
+        switch = _coerce(switch, int, f"{key}.switch_after_steps")
+        _require(switch >= 1, f"{key}.switch_after_steps", "must be >= 1")
+    spec = _checked_spec(name, options, key, label)
+    return OptimizerConfig(
+        name=spec.name, label=label, options=spec.options, model=model, l1_penalty=l1_penalty,
+        then=then, switch_after_steps=switch,
+    )
 
 
 def config_from_dict(raw: Any) -> ExperimentConfig:

@@ -38,9 +38,9 @@ from basinlab.eval.representation import (
 from basinlab.launch.config import OptimizerConfig, RunConfig
 from basinlab.launch.rundir import RunDirectory, unit_id
 from basinlab.models import MLP, effective_weights
-from basinlab.optim import build_optimizer
 
 logger = logging.getLogger(__name__)
+PHASES = ("first", "then")  # an arm's optimizers in the order they train each task
 
 
 @torch.no_grad()
@@ -64,7 +64,11 @@ def probe_features(model: MLP, stream: TaskStream, tasks: range, batch_size: int
 
 
 class UnitTrainer:
-    """Trains one model with one optimizer through the task sequence of one seed."""
+    """Trains one model with one arm through the task sequence of one seed.
+
+    An arm with ``then`` trains each task with its own optimizer for the first
+    ``switch_after_steps`` steps and with the ``then`` optimizer for the rest.
+    """
 
     def __init__(
         self,
@@ -89,10 +93,23 @@ class UnitTrainer:
         model = MLP(
             NUM_PIXELS, model_config.hidden_sizes, NUM_CLASSES, seed=seed, powerprop_alpha=model_config.powerprop_alpha
         )
-        self.model, self.optimizer = accelerator.prepare(model, self._new_optimizer(model))
+        self.model, *self.optimizers = accelerator.prepare(model, *self._new_optimizers(model))
 
-    def _new_optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        return build_optimizer(self.optimizer_config.name, model.parameters(), **self.optimizer_config.options)
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The arm's first optimizer (its only one unless it switches)."""
+        return self.optimizers[0]
+
+    def _new_optimizers(self, model: torch.nn.Module) -> list[torch.optim.Optimizer]:
+        """The arm's optimizer and, if it switches, its ``then`` optimizer: separate objects over the
+        same parameters, so each keeps its own state (and its own Shampoo sharding)."""
+        specs = [self.optimizer_config, self.optimizer_config.then]
+        return [spec.build(model.parameters()) for spec in specs if spec is not None]
+
+    def _phase(self, task_step: int) -> int:
+        """Index of the optimizer that takes a task's ``task_step``-th step (from 0)."""
+        switch = self.optimizer_config.switch_after_steps
+        return int(switch is not None and task_step >= switch)
 
     def _weight_matrices(self) -> list[torch.nn.Parameter]:
         """The parameters magnitude pruning and the L1 penalty act on (Powerprop: v, same ranking as w)."""
@@ -124,6 +141,8 @@ class UnitTrainer:
         """Train ``task`` until validation accuracy stops improving; keep the best weights."""
         train = self.config.train
         best_accuracy, best_state, stale, epochs = -1.0, None, 0, 0
+        curve = []  # [optimizer step, val accuracy] after each epoch: how fast the task is learned
+        steps = [0] * len(self.optimizers)  # this task's steps per optimizer; every task starts with the first
         for epoch in range(train.max_epochs):
             self.model.train()
             loss_sum = torch.zeros((), device=self.accelerator.device)
@@ -137,15 +156,18 @@ class UnitTrainer:
                 world_size=self.accelerator.num_processes,
             ):
                 objective, loss = self._loss(x, y)
-                self.optimizer.zero_grad(set_to_none=True)
+                phase = self._phase(sum(steps))
+                self.optimizers[phase].zero_grad(set_to_none=True)
                 self.accelerator.backward(objective)
-                self.optimizer.step()
+                self.optimizers[phase].step()
+                steps[phase] += 1
                 loss_sum += loss.detach()
                 batches += 1
                 self.step += 1
             train_loss = self.accelerator.reduce(loss_sum / max(batches, 1), "mean").item()
             self.net.eval()
             val_accuracy = accuracy(self.net, self.stream, task, "val", train.eval_batch_size)
+            curve.append([self.step, val_accuracy])
             epochs = epoch + 1
             below = fraction_below(effective_weights(self.net), self.config.sparsity.thresholds)
             self._record(
@@ -165,7 +187,13 @@ class UnitTrainer:
                 if stale >= train.patience:
                     break
         self.net.load_state_dict(best_state)
-        return {"epochs": epochs, "best_val_accuracy": best_accuracy, "stopped_early": epochs < train.max_epochs}
+        return {
+            "epochs": epochs,
+            "best_val_accuracy": best_accuracy,
+            "stopped_early": epochs < train.max_epochs,
+            "val_accuracy_curve": curve,
+            "optimizer_steps": dict(zip(PHASES, steps)),
+        }
 
     def train(self) -> dict[str, Any]:
         started = time.perf_counter()
@@ -177,7 +205,7 @@ class UnitTrainer:
         first_task_features = None
         for task in range(num_tasks):
             if task and self.config.train.reset_optimizer_per_task:
-                self.optimizer = self.accelerator.prepare_optimizer(self._new_optimizer(self.model))
+                self.optimizers = [self.accelerator.prepare_optimizer(o) for o in self._new_optimizers(self.model)]
             fit = self.fit_task(task)
             rows.append(self._evaluate_all())
             seen = range(task + 1)
@@ -233,6 +261,8 @@ class UnitTrainer:
             "forgetting_per_task": forgetting_per_task(rows).tolist(),
             "epochs": [t["epochs"] for t in per_task],
             "best_val_accuracy": [t["best_val_accuracy"] for t in per_task],
+            "val_accuracy_curve": [t["val_accuracy_curve"] for t in per_task],
+            "optimizer_steps": [t["optimizer_steps"] for t in per_task],
             "effective_rank": [t["effective_rank"] for t in per_task],
             "cross_class_cosine_mean": [t["cross_class_cosine_mean"] for t in per_task],
             "first_task_cka": [t["first_task_cka"] for t in per_task],
@@ -269,8 +299,8 @@ class UnitTrainer:
         return result
 
     def _masked_finetune(self, masks: list[torch.Tensor]) -> None:
-        """A few steps on the last task with a fresh optimizer, pruned weights held at zero."""
-        optimizer = self._new_optimizer(self.net)
+        """A few steps on the last task with fresh optimizers (switching as in a task), pruned weights held at zero."""
+        optimizers = self._new_optimizers(self.net)
         task, batch = len(self.stream) - 1, self.config.train.batch_size
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         batches = (
@@ -278,7 +308,8 @@ class UnitTrainer:
             for b in self.stream.train_batches(task, batch, seed=self.seed, epoch=epoch, rank=rank, world_size=world)
         )
         self.model.train()
-        for x, y in itertools.islice(batches, self.config.sparsity.finetune_steps):
+        for step, (x, y) in enumerate(itertools.islice(batches, self.config.sparsity.finetune_steps)):
+            optimizer = optimizers[self._phase(step)]
             objective, _ = self._loss(x, y)
             optimizer.zero_grad(set_to_none=True)
             self.accelerator.backward(objective)
@@ -288,16 +319,24 @@ class UnitTrainer:
                     weight.mul_(mask)
 
     def _optimizer_state_shards(self) -> int:
-        """Over how many ranks the optimizer splits its state (distributed Shampoo), else 1."""
-        sharding = getattr(self.optimizer.optimizer, "sharding", None)
-        info = sharding() if sharding is not None else None
-        return info["world_size"] if info else 1
+        """Over how many ranks the arm's optimizers split their state (distributed Shampoo), else 1."""
+        shards = [1]
+        for optimizer in self.optimizers:
+            sharding = getattr(optimizer.optimizer, "sharding", None)
+            info = sharding() if sharding is not None else None
+            shards.append(info["world_size"] if info else 1)
+        return max(shards)
 
 
 def _tracker_config(config: RunConfig, optimizer: OptimizerConfig, seed: int) -> dict[str, Any]:
     """Flat scalar hyperparameters for TensorBoard's hparams view."""
     flat = {"seed": seed, "optimizer": optimizer.name}
-    flat.update({f"optim.{k}": v for k, v in optimizer.options.items() if isinstance(v, (int, float, str, bool))})
+    specs = {"optim": optimizer}
+    if optimizer.then is not None:
+        flat.update({"then": optimizer.then.name, "switch_after_steps": optimizer.switch_after_steps})
+        specs["then"] = optimizer.then
+    for prefix, spec in specs.items():
+        flat.update({f"{prefix}.{k}": v for k, v in spec.options.items() if isinstance(v, (int, float, str, bool))})
     flat.update({f"train.{k}": v for k, v in vars(config.train).items()})
     flat.update({"data.stream": config.data.stream, "data.num_tasks": config.data.num_tasks})
     return flat
