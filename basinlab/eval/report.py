@@ -93,11 +93,17 @@ def property_card_table(summary: dict[str, Any]) -> str:
     return stat_table("optimizer", rows, columns)
 
 
+def _options(spec: dict[str, Any]) -> str:
+    """``k=v, ...``; a nested optimizer (an arm's ``then``) as ``name(k=v, ...)``."""
+    return ", ".join(
+        f"{k}={v['name']}({_options(v)})" if isinstance(v, dict) and "name" in v else f"{k}={v}"
+        for k, v in spec.items()
+        if k != "name"
+    )
+
+
 def _optimizer_lines(summary: dict[str, Any]) -> list[str]:
-    return [
-        f"- **{label}**: `{spec['name']}` " + ", ".join(f"{k}={v}" for k, v in spec.items() if k != "name")
-        for label, spec in summary["optimizers"].items()
-    ]
+    return [f"- **{label}**: `{spec['name']}` {_options(spec)}" for label, spec in summary["optimizers"].items()]
 
 
 def _figures_and_definitions(summary: dict[str, Any], plots: list[str]) -> list[str]:
