@@ -1,4 +1,4 @@
-"""The ``basinlab`` command: prepare data, run experiments, rebuild reports.
+"""The ``basinlab`` command: prepare data, run experiments, tune learning rates, rebuild reports.
 
 User mistakes end with one line on stderr and exit status 2 (no traceback); an
 interrupted run keeps its finished units and says how to continue.
@@ -57,6 +57,17 @@ def _run(args: argparse.Namespace) -> None:
         print(f"run finished: {path / 'report.md'}")
 
 
+def _tune(args: argparse.Namespace) -> None:
+    from basinlab.launch.tune import render_table, tune
+
+    result = tune(
+        args.config, args.grid, key=args.key, overrides=args.set, output=args.output, resume=args.resume,
+        write=args.write, main=_is_main_process(),
+    )
+    if result is not None:
+        print(render_table(result))
+
+
 def _report(args: argparse.Namespace) -> None:
     from basinlab.launch.rundir import RunDirectory
 
@@ -64,6 +75,20 @@ def _report(args: argparse.Namespace) -> None:
         if not folder.is_dir():
             raise UserError(f"run directory {str(folder)!r} does not exist; pass the --output of a finished run")
         print(f"report rebuilt: {RunDirectory(folder).write_report()}")
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser, default_output: str) -> None:
+    """CONFIG, --set, --output and --resume: what `run` and `tune` share."""
+    parser.add_argument("config", type=Path, help="YAML run config, e.g. configs/mnist/demo.yaml")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (YAML value), e.g. --set train.max_epochs=3 --set optimizers.sgd.lr=0.05",
+    )
+    parser.add_argument("--output", type=Path, metavar="DIR", help=f"run directory (default: {default_output})")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping finished units")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,17 +128,37 @@ def build_parser() -> argparse.ArgumentParser:
         "or text domains with `recipe: text`) and write config.yaml, metrics.jsonl, summary.json, plots/ and "
         "report.md into the output directory. Works in one process and under `accelerate launch` / torchrun.",
     )
-    run.add_argument("config", type=Path, help="YAML run config, e.g. configs/mnist/demo.yaml")
-    run.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (YAML value), e.g. --set train.max_epochs=3 --set optimizers.sgd.lr=0.05",
-    )
-    run.add_argument("--output", type=Path, metavar="DIR", help="run directory (default: runs/<config name>)")
-    run.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping finished units")
+    _add_run_arguments(run, default_output="runs/<config name>")
     run.set_defaults(handler=_run)
+
+    tune = commands.add_parser(
+        "tune",
+        help="choose each arm's learning rate from a small grid on the first task",
+        description="For every arm named in a --grid, train one copy per value on the FIRST task and the first "
+        "seed of CONFIG (mnist recipe) and score it by its best validation accuracy on that task (the split held "
+        "out of the training images that early stopping uses; never the test set); choose the best value per arm. "
+        "The grid points run as one ordinary run (resumable with --resume, with report.md); tune.json there holds "
+        "grids, scores and choices. Arms without a --grid are not trained.",
+    )
+    _add_run_arguments(tune, default_output="runs/<config name>-tune")
+    tune.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="LABEL=V1,V2,...",
+        help="an arm's label and the values to try, e.g. --grid sgd=0.01,0.03,0.1,0.3; one --grid per tuned arm",
+    )
+    tune.add_argument(
+        "--key", default="lr", help="the arm option the grid sets (default: lr; dotted for nested ones, e.g. then.lr)"
+    )
+    tune.add_argument(
+        "--write",
+        type=Path,
+        metavar="OUT.yaml",
+        help="also write CONFIG (with --set applied) with the chosen values filled in, under a header naming this "
+        "tune; the file is re-dumped from its YAML data, so CONFIG's comments are not kept",
+    )
+    tune.set_defaults(handler=_tune)
 
     report = commands.add_parser(
         "report",
