@@ -13,7 +13,7 @@ def test_help_lists_the_commands(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert all(command in out for command in ("prepare", "run", "report"))
+    assert all(command in out for command in ("prepare", "run", "tune", "report"))
 
 
 @pytest.mark.parametrize(
