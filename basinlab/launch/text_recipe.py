@@ -22,7 +22,6 @@ Per unit:
 from __future__ import annotations
 
 import gc
-import io
 import json
 import logging
 import os
@@ -93,10 +92,6 @@ def _is_distributed() -> bool:
 def _barrier() -> None:
     if _is_distributed():
         torch.distributed.barrier()
-
-
-def _rank() -> int:
-    return torch.distributed.get_rank() if _is_distributed() else 0
 
 
 class TrainingLog(TrainerCallback):
@@ -386,9 +381,7 @@ class TextUnit:
 
 
 def _save_torch(path: Path, obj: Any) -> None:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:

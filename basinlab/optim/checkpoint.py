@@ -10,7 +10,6 @@ all of them rather than coordinating through torch.distributed.checkpoint.
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
@@ -30,10 +29,8 @@ def save_sharded_state(optimizer: Shampoo, directory: str | Path) -> Path:
     """Write this rank's shard of the optimizer state into ``directory`` (call on every rank)."""
     state_dict = optimizer.state_dict()
     sharding = state_dict.get("sharding") or {"rank": 0, "world_size": 1}
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    return atomic_write(Path(directory) / shard_name(sharding["rank"], sharding["world_size"]),
-                        lambda f: f.write(buffer.getvalue()))
+    path = Path(directory) / shard_name(sharding["rank"], sharding["world_size"])
+    return atomic_write(path, lambda f: torch.save(state_dict, f))
 
 
 def load_sharded_state(optimizer: Shampoo, directory: str | Path) -> None:
