@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from basinlab.data.streams import TaskStream, build_tasks
 from basinlab.launch.config import config_from_dict, load_config
-from basinlab.launch.mnist_recipe import UnitTrainer, run_experiment
+from basinlab.launch.mnist_recipe import ArmTrainer, Member, run_experiment
 
 # AdamW on both sides: each keeps a step counter in its state
 ADAMW_THEN_ADAMW = {
@@ -18,12 +18,12 @@ ADAMW_THEN_ADAMW = {
 
 
 def trained(config, mnist_arrays, arm=0):
-    """A UnitTrainer for ``config.optimizers[arm]`` after training 2 tasks of 320 images (5 steps per epoch)."""
+    """An ArmTrainer for ``config.optimizers[arm]`` (seed 0) after training 2 tasks of 320 images (5 steps per epoch)."""
     tasks = build_tasks("permuted", mnist_arrays, 2, seed=0, validation_size=1000, probe_size=50, max_train_examples=320)
-    trainer = UnitTrainer(
-        Accelerator(cpu=True), config, config.optimizers[arm], TaskStream(mnist_arrays, tasks), 0, None, tqdm(disable=True)
-    )
-    return trainer, trainer.train()
+    member = Member(0, TaskStream(mnist_arrays, tasks), "u")
+    trainer = ArmTrainer(Accelerator(cpu=True), config, config.optimizers[arm], [member], None, tqdm(disable=True))
+    (result,) = trainer.train()
+    return trainer, result
 
 
 def test_switch_config_round_trips_and_overrides(tmp_path):
@@ -47,7 +47,7 @@ def test_first_optimizer_takes_exactly_n_steps_of_every_task(tiny_config, mnist_
     config = load_config(tiny_config(train=train, optimizers=[ADAMW_THEN_ADAMW]))
     trainer, result = trained(config, mnist_arrays)
     assert result["optimizer_steps"] == [{"first": 7, "then": 3}] * 2
-    weight = next(iter(trainer.net.parameters()))
+    weight = next(iter(trainer.net(0).parameters()))
     counters = [int(torch.as_tensor(o.state[weight]["step"]).item()) for o in trainer.optimizers]
     assert counters == ([7, 3] if reset else [14, 6])
 
@@ -69,8 +69,8 @@ def test_switches_that_change_nothing_give_bitwise_the_same_weights(tiny_config,
     first = min(switch["switch_after_steps"], 10)
     assert ref_result["optimizer_steps"] == [{"first": 10}] * 2
     assert result["optimizer_steps"] == [{"first": first, "then": 10 - first}] * 2
-    expected = reference.net.state_dict()
-    assert all(torch.equal(v, expected[k]) for k, v in switching.net.state_dict().items())
+    expected = reference.net(0).state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in switching.net(0).state_dict().items())
 
 
 def test_run_records_steps_per_optimizer_and_resumes(tiny_config, tmp_path):

@@ -10,7 +10,7 @@ from tqdm import tqdm
 from basinlab.data.streams import TaskStream, build_tasks
 from basinlab.errors import UserError
 from basinlab.launch.config import load_config
-from basinlab.launch.mnist_recipe import UnitTrainer, accuracy, run_experiment
+from basinlab.launch.mnist_recipe import ArmTrainer, Member, accuracy, run_experiment
 from basinlab.launch.rundir import RunDirectory
 
 
@@ -117,10 +117,10 @@ def test_early_stopping_restores_the_best_weights(tiny_config, mnist_arrays):
     config = load_config(tiny_config(train={"max_epochs": 6, "patience": 2}, optimizers=[{"name": "sgd", "lr": 0.5}]))
     tasks = build_tasks("permuted", mnist_arrays, 1, seed=0, validation_size=1000, probe_size=50, max_train_examples=600)
     stream = TaskStream(mnist_arrays, tasks)
-    trainer = UnitTrainer(Accelerator(cpu=True), config, config.optimizers[0], stream, 0, None, tqdm(disable=True))
-    fit = trainer.fit_task(0)
+    trainer = ArmTrainer(Accelerator(cpu=True), config, config.optimizers[0], [Member(0, stream, "u")], None, tqdm(disable=True))
+    (fit,) = trainer.fit_task(0)
     assert 1 <= fit["epochs"] <= 6
-    assert accuracy(trainer.net, stream, 0, "val", 10_000) == fit["best_val_accuracy"]
+    assert accuracy(trainer.net(0), stream, 0, "val", 10_000) == fit["best_val_accuracy"]
 
 
 def test_optimizer_state_carries_over_or_resets(tiny_config, mnist_arrays):
@@ -128,11 +128,10 @@ def test_optimizer_state_carries_over_or_resets(tiny_config, mnist_arrays):
     steps = {}
     for reset in (False, True):
         config = load_config(tiny_config(train={"reset_optimizer_per_task": reset}, optimizers=[{"name": "adamw"}]))
-        trainer = UnitTrainer(
-            Accelerator(cpu=True), config, config.optimizers[0], TaskStream(mnist_arrays, tasks), 0, None, tqdm(disable=True)
-        )
+        member = Member(0, TaskStream(mnist_arrays, tasks), "u")
+        trainer = ArmTrainer(Accelerator(cpu=True), config, config.optimizers[0], [member], None, tqdm(disable=True))
         trainer.train()
-        state = trainer.optimizer.state[next(iter(trainer.net.parameters()))]
+        state = trainer.optimizer.state[next(iter(trainer.net(0).parameters()))]
         steps[reset] = int(torch.as_tensor(state["step"]).item())
     per_task = 300 // 64
     assert steps == {False: 2 * per_task, True: per_task}

@@ -20,7 +20,7 @@ from transformers import (
 
 from basinlab.data.streams import TaskStream, build_tasks
 from basinlab.launch.config import load_config
-from basinlab.launch.mnist_recipe import UnitTrainer, run_experiment
+from basinlab.launch.mnist_recipe import ArmTrainer, Member, run_experiment
 from basinlab.optim import Shampoo, build_optimizer
 
 
@@ -69,17 +69,16 @@ def test_mnist_recipe_shampoo_parameters_stay_finite_and_get_preconditioned(tiny
     """The recipe's own per-unit trainer, so the trained weights and optimizer are in reach."""
     config = load_config(tiny_config(optimizers=[{"name": "shampoo", "lr": 0.001, "precondition_frequency": 5}]))
     tasks = build_tasks("permuted", mnist_arrays, 2, seed=0, validation_size=1000, probe_size=200, max_train_examples=2000)
-    trainer = UnitTrainer(
-        Accelerator(cpu=True), config, config.optimizers[0], TaskStream(mnist_arrays, tasks), 0, None, tqdm(disable=True)
-    )
-    result = trainer.train()
+    member = Member(0, TaskStream(mnist_arrays, tasks), "u")
+    trainer = ArmTrainer(Accelerator(cpu=True), config, config.optimizers[0], [member], None, tqdm(disable=True))
+    (result,) = trainer.train()
     optimizer = underlying(trainer.optimizer)
     assert isinstance(optimizer, Shampoo)
-    assert all(torch.isfinite(p).all() for p in trainer.net.parameters())
+    assert all(torch.isfinite(p).all() for p in trainer.net(0).parameters())
     diagnostics = optimizer.diagnostics()
     assert diagnostics["skipped_steps"] == 0 and diagnostics["root_failures"] == 0
     assert diagnostics["preconditioned_params"] == 2  # the two weight matrices
-    for param in trainer.net.parameters():
+    for param in trainer.net(0).parameters():
         state = optimizer.state[param]
         assert state["step"] == result["steps"]
         assert state["roots_computed"] == (roots_due(result["steps"], 5, 5) if is_matrix(param) else 0)

@@ -42,6 +42,17 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *keys]))
 
 
+def _normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> standardised float32 inputs."""
+    return images.float().div_(255.0).sub_(PIXEL_MEAN).div_(PIXEL_STD)
+
+
+def _rank_share(batch_size: int, world_size: int) -> int:
+    if batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} is not divisible by world size {world_size}")
+    return batch_size // world_size
+
+
 def _split_train_validation(
     num_train: int, validation_size: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -169,8 +180,13 @@ class TaskStream:
         permutation = self._permutations[task]
         if permutation is not None:
             images = images[:, permutation]
-        x = images.float().div_(255.0).sub_(PIXEL_MEAN).div_(PIXEL_STD)
-        return x, self._labels[source][rows]
+        return _normalize(images), self._labels[source][rows]
+
+    def epoch_order(self, task: int, seed: int, epoch: int) -> torch.Tensor:
+        """Training rows of ``task`` in the shuffled order of ``epoch``; depends only on (seed, task, epoch)."""
+        index = self._indices[task]["train"]
+        generator = torch.Generator().manual_seed(int(_rng(seed, 4, task, epoch).integers(2**62)))
+        return index[torch.randperm(len(index), generator=generator).to(self.device)]
 
     def train_batches(
         self,
@@ -188,12 +204,8 @@ class TaskStream:
         draws the same global batch and keeps its contiguous 1/world share, so averaging
         the ranks' gradients reproduces the single-process gradient of that batch.
         """
-        if batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} is not divisible by world size {world_size}")
-        index = self._indices[task]["train"]
-        generator = torch.Generator().manual_seed(int(_rng(seed, 4, task, epoch).integers(2**62)))
-        order = index[torch.randperm(len(index), generator=generator).to(self.device)]
-        share = batch_size // world_size
+        share = _rank_share(batch_size, world_size)
+        order = self.epoch_order(task, seed, epoch)
         for start in range(0, len(order) - batch_size + 1, batch_size):
             batch = order[start + rank * share : start + (rank + 1) * share]
             yield self._gather(task, "train", batch)
@@ -205,6 +217,42 @@ class TaskStream:
         index = self._indices[task][split]
         for start in range(0, len(index), batch_size):
             yield self._gather(task, split, index[start : start + batch_size])
+
+
+def stacked_train_batches(
+    streams: Sequence[TaskStream],
+    task: int,
+    batch_size: int,
+    *,
+    seeds: Sequence[int],
+    epoch: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """``streams[i].train_batches(task, seed=seeds[i], epoch=epoch)`` for every i, advanced together.
+
+    Yields ``(members, x, y)``: the positions of the streams that still have a full batch,
+    their inputs stacked [A, batch, 784] and labels [A, batch]. Each stream's batches are
+    exactly those of its own ``train_batches``; gathering them in one indexing op per batch
+    (instead of one per stream) is the point. The streams must share one set of MNIST arrays.
+    """
+    if len(streams) != len(seeds):
+        raise ValueError(f"{len(streams)} streams for {len(seeds)} seeds")
+    images, labels = streams[0]._images["train"], streams[0]._labels["train"]
+    if any(s._images["train"].data_ptr() != images.data_ptr() for s in streams):
+        raise ValueError("stacked_train_batches needs streams built from the same MNIST arrays")
+    share = _rank_share(batch_size, world_size)
+    orders = [stream.epoch_order(task, seed, epoch) for stream, seed in zip(streams, seeds)]
+    identity = torch.arange(NUM_PIXELS, device=images.device)
+    for start in range(0, max(len(order) for order in orders) - batch_size + 1, batch_size):
+        members = [i for i, order in enumerate(orders) if start + batch_size <= len(order)]
+        rows = torch.stack([orders[i][start + rank * share : start + (rank + 1) * share] for i in members])
+        x = images[rows]
+        permutations = [streams[i]._permutations[task] for i in members]
+        if any(p is not None for p in permutations):
+            order = torch.stack([identity if p is None else p for p in permutations])
+            x = torch.gather(x, 2, order.unsqueeze(1).expand(-1, x.shape[1], -1))
+        yield members, _normalize(x), labels[rows]
 
 
 def build_tasks(

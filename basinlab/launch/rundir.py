@@ -3,7 +3,7 @@
 Layout::
 
     config.yaml          resolved config (what --resume checks against)
-    metrics.jsonl        one line per evaluation, appended live
+    metrics.jsonl        one line per evaluation, appended live (units interleave: group by "unit")
     units/<unit>.json    the finished result of one (optimizer, seed) unit, written atomically
     tensorboard/<unit>/  TensorBoard event files
     summary.json, report.md, plots/*.png   rebuilt from units/ at the end
@@ -16,6 +16,7 @@ as one that was never interrupted.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -98,10 +99,14 @@ class RunDirectory:
         return {p.stem for p in self.units_dir.glob("*.json")} if self.units_dir.exists() else set()
 
     def log_metrics(self, record: dict[str, Any]) -> None:
-        """Append one evaluation record (one JSON line, flushed)."""
-        with self.metrics_path.open("a") as handle:
-            handle.write(json.dumps(json_safe(record), sort_keys=True) + "\n")
-            handle.flush()
+        """Append one evaluation record: one JSON line in one append-mode write, so the lines of
+        worker processes sharing the file never interleave."""
+        line = (json.dumps(json_safe(record), sort_keys=True) + "\n").encode()
+        fd = os.open(self.metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
 
     def write_unit(self, unit: str, result: dict[str, Any]) -> None:
         atomic_write_json(self.units_dir / f"{unit}.json", result)

@@ -116,6 +116,7 @@ def tune(
     resume: bool = False,
     write: str | Path | None = None,
     main: bool = True,
+    workers: int = 1,
 ) -> dict[str, Any] | None:
     """Run the grid and choose per arm; returns what tune.json holds (None on non-main processes)."""
     config = load_config(config_path, overrides)
@@ -131,7 +132,7 @@ def tune(
         raise UserError(f"--write {str(write)!r} is a directory; name a YAML file")
     derived, plan = derive_config(config, parsed, key)
     output = Path(output) if output is not None else Path("runs") / derived.name
-    run = RunDirectory(run_experiment(derived, output, resume=resume))
+    run = RunDirectory(run_experiment(derived, output, resume=resume, workers=workers))
     if not main:
         return None
     units = run.read_units()
