@@ -21,6 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/batching.py
+	$(BIN)/python benchmarks/mnist_recipe_speed.py
 	$(BIN)/python benchmarks/optimizer_step.py
 	$(BIN)/python benchmarks/distributed_shampoo.py
 	$(BIN)/python benchmarks/sparsity.py

@@ -120,7 +120,8 @@ def _figures_and_definitions(summary: dict[str, Any], plots: list[str]) -> list[
 
 def _wall_time(summary: dict[str, Any]) -> str:
     wall = sum(u.get("wall_time_s", 0.0) for u in summary["units"])
-    return f"Training wall time, all units: {wall:.0f} s." + (
+    # Summed over units: with --workers N up to N groups train at once, so the run's wall time is shorter.
+    return f"Training time summed over units: {wall:.0f} s." + (
         "" if summary["complete"] else " **Incomplete run: some units have not finished.**"
     )
 

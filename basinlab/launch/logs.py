@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 
 
-def configure_logging(main_process: bool = True) -> None:
-    """Timestamped INFO lines from the main process (WARNING elsewhere); chatty libraries quietened."""
+def configure_logging(main_process: bool = True, level: int | None = None) -> None:
+    """Timestamped lines, INFO from the main process and WARNING elsewhere unless ``level`` is
+    given; chatty libraries quietened."""
     logging.basicConfig(
-        level=logging.INFO if main_process else logging.WARNING,
+        level=level if level is not None else logging.INFO if main_process else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )

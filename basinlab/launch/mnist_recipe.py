@@ -108,11 +108,10 @@ class ArmTrainer:
     """Trains one arm (an optimizer config) through the task sequence for a group of seeds at once.
 
     The seeds' models form one ``SeedStack`` and one optimizer (per phase) holds all their
-    parameters; optimizers keep per-parameter state, so each seed trains exactly as it
-    would alone, up to float rounding in the batched products. Each seed has its own
-    tasks, data order and early stopping: a seed that has stopped on a task, or has no
-    batch left in an epoch, leaves the stacked forward and takes no step. A group of one
-    seed is the plain unbatched run. An arm with ``then`` trains each task with its own
+    parameters; optimizers keep per-parameter state, so each seed trains bitwise as it
+    would alone. Each seed has its own tasks, data order and early stopping: a seed that
+    has stopped on a task, or has no batch left in an epoch, leaves the forward and takes
+    no step. A group of one seed is the plain unbatched run. An arm with ``then`` trains each task with its own
     optimizer for the first ``switch_after_steps`` steps and with the ``then`` optimizer
     for the rest, counted per seed.
     """
@@ -524,9 +523,9 @@ def train_group(
 _WORKER: dict[str, Any] = {}  # one worker process's accelerator, config, data and run directory
 
 
-def _start_worker(config: RunConfig, run_path: Path, threads: int) -> None:
+def _start_worker(config: RunConfig, run_path: Path, threads: int, log_level: int) -> None:
     torch.set_num_threads(threads)
-    configure_logging()
+    configure_logging(level=log_level)
     _WORKER.update(
         accelerator=make_accelerator(), config=config, arrays=load_mnist(config.data.cache_dir), run=RunDirectory(run_path)
     )
@@ -579,9 +578,12 @@ def run_experiment(config: RunConfig, output: str | Path, resume: bool = False, 
             threads = max(1, torch.get_num_threads() // workers)
             context = torch.multiprocessing.get_context("spawn")
             jobs = [(config.optimizers.index(arm), seeds) for arm, seeds in groups]
-            with context.Pool(workers, _start_worker, (config, run.path, threads)) as pool:
+            initargs = (config, run.path, threads, logging.getLogger().getEffectiveLevel())
+            with context.Pool(workers, _start_worker, initargs) as pool:
                 for units in pool.imap_unordered(_worker_train_group, jobs):
                     bar.update(len(units))
+                pool.close()  # let the workers exit on their own (leaving the block would kill them)
+                pool.join()
         else:
             for arm, seeds in groups:
                 bar.update(len(train_group(accelerator, config, arrays, run, arm, seeds, bar)))
