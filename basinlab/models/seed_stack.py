@@ -2,8 +2,8 @@
 
 Why: the reference MLP is so small that much of a training step of one seed is fixed
 per-step cost (Python, dispatch, Accelerate's wrappers, the optimizer's bookkeeping,
-gathering the batch). A group of seeds shares those: one backward, one optimizer step
-(torch's foreach kernels then run over every seed's tensors at once), one data gather.
+gathering the batch). A group of seeds shares those: one backward, one optimizer call
+over every seed's tensors, one data gather.
 
 Why each seed stays its own ``MLP`` with its own parameters (rather than one [S, out, in]
 parameter): optimizers keep per-tensor state (Adam's step count, Shampoo's factors and
