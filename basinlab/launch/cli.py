@@ -107,7 +107,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser, default_output: str) -> 
         default=1,
         metavar="N",
         help="mnist recipe: train in N processes on this machine, each arm's seeds split among them and the CPU "
-        "threads shared out (default 1; on a CPU, N = number of cores is usually fastest)",
+        "threads shared out (default 1; for long CPU runs try N = number of cores; each process costs seconds "
+        "to start)",
     )
 
 
