@@ -47,12 +47,6 @@ def _normalize(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0).sub_(PIXEL_MEAN).div_(PIXEL_STD)
 
 
-def _rank_share(batch_size: int, world_size: int) -> int:
-    if batch_size % world_size:
-        raise ValueError(f"batch_size {batch_size} is not divisible by world size {world_size}")
-    return batch_size // world_size
-
-
 def _split_train_validation(
     num_train: int, validation_size: int, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -204,11 +198,10 @@ class TaskStream:
         draws the same global batch and keeps its contiguous 1/world share, so averaging
         the ranks' gradients reproduces the single-process gradient of that batch.
         """
-        share = _rank_share(batch_size, world_size)
-        order = self.epoch_order(task, seed, epoch)
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            batch = order[start + rank * share : start + (rank + 1) * share]
-            yield self._gather(task, "train", batch)
+        for _, x, y in stacked_train_batches(
+            [self], task, batch_size, seeds=[seed], epoch=epoch, rank=rank, world_size=world_size
+        ):
+            yield x[0], y[0]
 
     def eval_batches(
         self, task: int, split: str, batch_size: int = 10_000
@@ -232,16 +225,19 @@ def stacked_train_batches(
     """``streams[i].train_batches(task, seed=seeds[i], epoch=epoch)`` for every i, advanced together.
 
     Yields ``(members, x, y)``: the positions of the streams that still have a full batch,
-    their inputs stacked [A, batch, 784] and labels [A, batch]. Each stream's batches are
-    exactly those of its own ``train_batches``; gathering them in one indexing op per batch
-    (instead of one per stream) is the point. The streams must share one set of MNIST arrays.
+    their inputs stacked [A, batch, 784] and labels [A, batch]. A stream's batches do not
+    depend on which others it is stacked with (``train_batches`` is this with one stream);
+    gathering them in one indexing op per batch (instead of one per stream) is the point.
+    The streams must share one set of MNIST arrays.
     """
     if len(streams) != len(seeds):
         raise ValueError(f"{len(streams)} streams for {len(seeds)} seeds")
     images, labels = streams[0]._images["train"], streams[0]._labels["train"]
     if any(s._images["train"].data_ptr() != images.data_ptr() for s in streams):
         raise ValueError("stacked_train_batches needs streams built from the same MNIST arrays")
-    share = _rank_share(batch_size, world_size)
+    if batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} is not divisible by world size {world_size}")
+    share = batch_size // world_size
     orders = [stream.epoch_order(task, seed, epoch) for stream, seed in zip(streams, seeds)]
     identity = torch.arange(NUM_PIXELS, device=images.device)
     for start in range(0, max(len(order) for order in orders) - batch_size + 1, batch_size):

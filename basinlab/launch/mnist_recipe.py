@@ -209,7 +209,7 @@ class ArmTrainer:
                 break
             self.model.train()
             loss_sums = torch.zeros(len(self.members), device=self.accelerator.device)
-            batches = torch.zeros(len(self.members), device=self.accelerator.device)
+            batches = [0] * len(self.members)
             streams = [self.members[i].stream for i in training]
             seeds = [self.members[i].seed for i in training]
             for rows, x, y in stacked_train_batches(
@@ -221,12 +221,12 @@ class ArmTrainer:
                 losses = torch.stack([F.cross_entropy(logits[a], y[a]) for a in range(len(active))])
                 self.accelerator.backward(losses.sum() + self._l1([self.net(i) for i in active]))
                 self._step(active, fits)
-                index = torch.tensor(active, device=loss_sums.device)
-                loss_sums.index_add_(0, index, losses.detach())
-                batches.index_add_(0, index, torch.ones_like(losses))
+                loss_sums.index_add_(0, torch.tensor(active, device=loss_sums.device), losses.detach())
                 for i in active:
                     self.members[i].step += 1
-            train_losses = self.accelerator.reduce(loss_sums / batches.clamp_min(1), "mean").tolist()
+                    batches[i] += 1
+            counts = torch.tensor(batches, device=loss_sums.device).clamp_min(1)
+            train_losses = self.accelerator.reduce(loss_sums / counts, "mean").tolist()
             for i in training:
                 self._end_epoch(i, task, epoch, fits[i], train_losses[i])
             val = [fits[i].curve[-1][1] for i in training]
