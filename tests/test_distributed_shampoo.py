@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from basinlab.optim import Shampoo
-from basinlab.optim.sharding import ShardLayout, assign_owners
+from basinlab.optim.balance import balance
+from basinlab.optim.distribution import Comm, Distribution
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "workers" / "distributed_shampoo.py"
@@ -31,20 +32,26 @@ def _load_worker():
 
 def test_assignment_balances_cost_largest_first():
     costs = [100, 60, 50, 40, 10, 5]
-    owners = assign_owners(costs, 2)
+    owners = balance(costs, 2)
     # LPT: 100 -> r0, 60 -> r1, 50 -> r1 (60 < 100), 40 -> r0 (100 < 110), 10 -> r1 (110 < 140), 5 -> r1
     assert owners == [0, 1, 1, 0, 1, 1]
-    layout = ShardLayout.build([(2, 3)] * 6, costs, 2)
-    assert layout.loads(costs, 2) == [140, 125]
+    distribution = Distribution.build(Comm(None, 0, 2), [6] * 6, costs, None)
+    assert distribution.loads(costs) == [140, 125]
 
 
-def test_layout_segments_hold_each_owned_block_then_its_flag():
-    layout = ShardLayout.build([(2, 3), (4,), (), (5,)], [9, 8, 7, 6], 2)
-    assert layout.owners == (0, 1, 1, 0)
-    # rank 0: block 0 (6 values) then block 3 (5), flags at 11, 12; rank 1: block 1 (4), block 2 (1), flags at 5, 6
-    assert layout.offsets == (0, 0, 4, 6) and layout.flag_offsets == (11, 5, 6, 12)
-    assert layout.segment_size == 13
-    assert layout.position(3) == 6 and layout.position(2) == 13 + 4 and layout.flag_position(1) == 13 + 5
+def test_classes_are_balanced_each_on_their_own_and_ties_go_to_the_lighter_rank():
+    # staggered roots: each step's buckets (a class) spread over the ranks, the total stays even
+    assert balance([5, 5, 5, 5], 2, classes=[1, 1, 2, 2]) == [0, 1, 0, 1]
+    assert balance([9, 1, 1], 2, classes=[1, 2, 2]) == [0, 1, 0]
+
+
+def test_segments_hold_each_owned_bucket_in_order_padded_to_the_longest():
+    distribution = Distribution.build(Comm(None, 1, 2), [6, 4, 1, 5], [9, 8, 7, 6], None)
+    assert distribution.owners == (0, 1, 1, 0)
+    # rank 0: unit 0 (6 values) then unit 3 (5); rank 1: unit 1 (4) then unit 2 (1)
+    assert distribution.offsets == (0, 0, 4, 6) and distribution.segment_size == 11
+    assert distribution.position(3) == 6 and distribution.position(2) == 11 + 4
+    assert distribution.owns(1) and not distribution.owns(0)
 
 
 def test_flat_partitions_are_refused_with_a_zero_stage_hint():

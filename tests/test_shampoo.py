@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from basinlab.optim import Shampoo, build_optimizer
-from basinlab.optim.matrix_functions import eigenbasis_inverse_root, eigh_inverse_root
+from basinlab.optim.roots import eigenbasis_inverse_root, eigh_inverse_root
 
 NEVER = 10**9  # start_preconditioning_step that is never reached
 
@@ -219,8 +219,9 @@ def test_state_dict_resume_is_bit_identical(options):
     optimizer2.load_state_dict(saved["optimizer"])
     train(resumed, optimizer2, grads[10:])
     assert all(torch.equal(a, b) for a, b in zip(params, resumed))
-    assert all(v.dtype == torch.float64 for k, v in optimizer2.state[resumed[0]].items()
-               if k.startswith("factor_")) == (options.get("factor_dtype") == "float64")
+    factors = [v for key, state in optimizer2.state.items() if key.startswith("bucket.")
+               for name, v in state.items() if name in ("left", "right", "left_root", "right_root")]
+    assert factors and all(v.dtype == torch.float64 for v in factors) == (options.get("factor_dtype") == "float64")
 
 
 def _adversarial(step, param):
@@ -265,7 +266,7 @@ def test_parameter_without_gradient_for_a_while_is_left_alone_then_resumes():
         optimizer.step()
         if 2 <= step < 8:
             assert torch.equal(params[1], frozen)
-    assert optimizer.state[params[1]]["step"] == 6 and all(p.isfinite().all() for p in params)
+    assert optimizer.parameter_progress(params[1])["steps"] == 6 and all(p.isfinite().all() for p in params)
 
 
 def test_nonfinite_gradient_can_raise():
@@ -276,18 +277,20 @@ def test_nonfinite_gradient_can_raise():
         optimizer.step()
 
 
-def test_failed_roots_keep_the_previous_preconditioner_then_raise():
+@pytest.mark.parametrize("root_method", ["eigh", "newton"])
+def test_failed_roots_keep_the_previous_preconditioner_then_raise(root_method):
     param = torch.nn.Parameter(torch.zeros(4, 4))
-    optimizer = Shampoo([param], lr=0.1, precondition_frequency=1, start_preconditioning_step=1, max_root_failures=3)
+    optimizer = Shampoo([param], lr=0.1, precondition_frequency=1, start_preconditioning_step=1, max_root_failures=3,
+                        root_method=root_method)
     param.grad = torch.randn(4, 4)
     optimizer.step()
-    state = optimizer.state[param]
-    good_root = state["inv_root_0_0"].clone()
-    state["factor_0_0"].fill_(float("nan"))  # corrupted statistics: every root attempt fails
+    state = optimizer.state["bucket.0.0"]
+    good_root = state["left_root"].clone()
+    state["left"].fill_(float("nan"))  # corrupted statistics: every root attempt fails
     for _ in range(2):
         param.grad = torch.randn(4, 4)
         optimizer.step()
-        assert torch.equal(state["inv_root_0_0"], good_root) and param.isfinite().all()
+        assert torch.equal(state["left_root"], good_root) and param.isfinite().all()
     assert optimizer.diagnostics()["root_failures"] == 2
     param.grad = torch.randn(4, 4)
     with pytest.raises(RuntimeError, match="failed 3 times in a row"):
@@ -309,7 +312,10 @@ def test_pseudo_inverse_ignores_the_null_space_of_rank_deficient_factors():
         (dict(lr=-1), "lr must be >= 0"),
         (dict(betas=(1.0, 0.9)), r"betas\[0\] must be in \[0, 1\)"),
         (dict(grafting="lamb"), "grafting must be one of none, sgd, adagrad, rmsprop, adam"),
-        (dict(root_method="newton"), "root_method must be one of eigh, eigenbasis"),
+        (dict(root_method="svd"), "root_method must be one of auto, eigh, eigenbasis, newton"),
+        (dict(root_method="newton", pseudo_inverse=True), "pseudo_inverse needs root_method 'eigh' or 'eigenbasis'"),
+        (dict(root_method="newton", root_override=2.5), "root_method 'newton' needs an integer root_override"),
+        (dict(root_precision="bf16"), "root_precision must be one of float32, tf32"),
         (dict(factor_dtype="float16"), "factor_dtype must be one of float32, float64"),
         (dict(nesterov=True), "nesterov requires momentum > 0"),
         (dict(precondition_frequency=0), "precondition_frequency must be >= 1"),

@@ -79,9 +79,9 @@ def test_mnist_recipe_shampoo_parameters_stay_finite_and_get_preconditioned(tiny
     assert diagnostics["skipped_steps"] == 0 and diagnostics["root_failures"] == 0
     assert diagnostics["preconditioned_params"] == 2  # the two weight matrices
     for param in trainer.net(0).parameters():
-        state = optimizer.state[param]
-        assert state["step"] == result["steps"]
-        assert state["roots_computed"] == (roots_due(result["steps"], 5, 5) if is_matrix(param) else 0)
+        progress = optimizer.parameter_progress(param)
+        assert progress["steps"] == result["steps"]
+        assert progress["root_computations"] == (roots_due(result["steps"], 5, 5) if is_matrix(param) else 0)
 
 
 def test_shampoo_under_accelerate_in_one_process():
@@ -111,8 +111,9 @@ def test_shampoo_under_accelerate_in_one_process():
     assert isinstance(shampoo, Shampoo)
     assert shampoo.diagnostics() == {"skipped_steps": 0, "root_failures": 0, "preconditioned_params": 2}
     for param in model.parameters():
-        assert shampoo.state[param]["step"] == steps
-        assert shampoo.state[param]["roots_computed"] == (roots_due(steps, 2, 2) if is_matrix(param) else 0)
+        progress = shampoo.parameter_progress(param)
+        assert progress["steps"] == steps
+        assert progress["root_computations"] == (roots_due(steps, 2, 2) if is_matrix(param) else 0)
 
 
 def tiny_tokenizer(directory) -> BertTokenizerFast:
@@ -178,9 +179,9 @@ def test_hf_trainer_trains_a_tiny_bert_mlm_with_shampoo(tmp_path):
     diagnostics = shampoo.diagnostics()
     assert diagnostics == {"skipped_steps": 0, "root_failures": 0, "preconditioned_params": len(matrices)}
     for param in params:
-        assert shampoo.state[param]["step"] == max_steps
-        expected = roots_due(max_steps, frequency, frequency) if is_matrix(param) else 0
-        assert shampoo.state[param]["roots_computed"] == expected
+        progress = shampoo.parameter_progress(param)
+        assert progress["steps"] == max_steps
+        assert progress["root_computations"] == (roots_due(max_steps, frequency, frequency) if is_matrix(param) else 0)
     # The Trainer's two parameter groups (decay / no decay) both reached Shampoo.
     assert len(shampoo.param_groups) == 2
     assert sum(len(g["params"]) for g in shampoo.param_groups) == len(params)

@@ -149,11 +149,14 @@ class ArmTrainer:
     def net(self, member: int) -> MLP:
         return self.stack.members[member]
 
-    def _new_optimizers(self, model: torch.nn.Module) -> list[torch.optim.Optimizer]:
+    def _new_optimizers(self, model: SeedStack | MLP) -> list[torch.optim.Optimizer]:
         """The arm's optimizer and, if it switches, its ``then`` optimizer: separate objects over the
-        same parameters, so each keeps its own state (and its own Shampoo sharding)."""
+        same parameters, so each keeps its own state (and its own Shampoo sharding). One parameter
+        group per seed: matrix optimizers stack blocks within a group only, so a seed's arithmetic
+        is the same alone or in any group of seeds."""
+        members = model.members if isinstance(model, SeedStack) else [model]
         specs = [self.optimizer_config, self.optimizer_config.then]
-        return [spec.build(model.parameters()) for spec in specs if spec is not None]
+        return [spec.build([{"params": list(m.parameters())} for m in members]) for spec in specs if spec is not None]
 
     def _phase(self, task_step: int) -> int:
         """Index of the optimizer that takes a task's ``task_step``-th step (from 0)."""
@@ -266,7 +269,7 @@ class ArmTrainer:
         num_tasks = len(self.members[0].stream)
         for task in range(num_tasks):
             if task and self.config.train.reset_optimizer_per_task:
-                self.optimizers = [self.accelerator.prepare_optimizer(o) for o in self._new_optimizers(self.model)]
+                self.optimizers = [self.accelerator.prepare_optimizer(o) for o in self._new_optimizers(self.stack)]
             fits = self.fit_task(task)
             for i, (member, history, fit) in enumerate(zip(self.members, histories, fits)):
                 evaluation = history.add_task(

@@ -1,11 +1,11 @@
-"""Save and resume Shampoo's sharded state at any world size.
+"""Save and resume a distributed optimizer's sharded state at any world size.
 
-Distributed, each rank's ``state_dict()`` holds only the blocks it owns, and the usual
+Distributed, each rank's ``state_dict()`` holds only the buckets it owns, and the usual
 "rank 0 saves the optimizer" convention would lose the others. Here every rank writes its
-own shard (atomically) and loading merges all shards, so each rank picks the blocks it
+own shard (atomically) and loading merges all shards, so each rank picks the buckets it
 owns under the *current* world size: resuming on 1, 2 or 8 ranks continues the same run.
-The shards are small next to the model (only Shampoo's own blocks), so each rank reads
-all of them rather than coordinating through torch.distributed.checkpoint.
+The shards are small next to the model (only the optimizer's own buckets), so each rank
+reads all of them rather than coordinating through torch.distributed.checkpoint.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from basinlab.atomic import atomic_write
-from basinlab.optim.shampoo import Shampoo
 
 _SHARD = re.compile(r"shampoo-shard-(\d+)-of-(\d+)\.pt")
 
@@ -25,7 +24,7 @@ def shard_name(rank: int, world_size: int) -> str:
     return f"shampoo-shard-{rank:05d}-of-{world_size:05d}.pt"
 
 
-def save_sharded_state(optimizer: Shampoo, directory: str | Path) -> Path:
+def save_sharded_state(optimizer: torch.optim.Optimizer, directory: str | Path) -> Path:
     """Write this rank's shard of the optimizer state into ``directory`` (call on every rank)."""
     state_dict = optimizer.state_dict()
     sharding = state_dict.get("sharding") or {"rank": 0, "world_size": 1}
@@ -33,7 +32,7 @@ def save_sharded_state(optimizer: Shampoo, directory: str | Path) -> Path:
     return atomic_write(path, lambda f: torch.save(state_dict, f))
 
 
-def load_sharded_state(optimizer: Shampoo, directory: str | Path) -> None:
+def load_sharded_state(optimizer: torch.optim.Optimizer, directory: str | Path) -> None:
     """Load the shards in ``directory`` into ``optimizer``, re-sharding to the current world size."""
     directory = Path(directory)
     shards = {}
@@ -42,7 +41,7 @@ def load_sharded_state(optimizer: Shampoo, directory: str | Path) -> None:
         if match:
             shards[path] = (int(match[1]), int(match[2]))
     if not shards:
-        raise FileNotFoundError(f"no Shampoo shards (shampoo-shard-*-of-*.pt) in {directory}; save with save_sharded_state")
+        raise FileNotFoundError(f"no optimizer shards (shampoo-shard-*-of-*.pt) in {directory}; save with save_sharded_state")
     world_sizes = {world for _, world in shards.values()}
     if len(world_sizes) != 1:
         raise ValueError(
@@ -56,6 +55,6 @@ def load_sharded_state(optimizer: Shampoo, directory: str | Path) -> None:
     for path in shards:
         shard = torch.load(path, map_location="cpu", weights_only=True)
         merged.setdefault("param_groups", shard["param_groups"])
-        for index, values in shard["state"].items():
-            merged["state"].setdefault(index, {}).update(values)
+        for key, values in shard["state"].items():
+            merged["state"].setdefault(key, {}).update(values)
     optimizer.load_state_dict(merged)

@@ -1,111 +1,78 @@
-"""Shampoo: a Kronecker-factored preconditioner, blocked and grafted, as a torch optimizer.
+"""Shampoo: a Kronecker-factored preconditioner, blocked, bucketed and grafted, as a torch optimizer.
 
 For a gradient matrix G (m x n) Shampoo keeps two factors, L = EMA(G G^T) (m x m) and
 R = EMA(G^T G) (n x n), and steps along L^(-1/4) G R^(-1/4): a non-diagonal
 preconditioner that captures correlations between rows and between columns at the cost
-of two small matrices per weight. How each parameter is treated:
+of two small matrices per weight. How each parameter is treated (layout.py):
 
 - Shape: size-1 dims are dropped; a tensor with more than two dims (a conv kernel) is
   viewed as a matrix [dim0, product of the rest]. Vectors (biases, norm weights) and
   scalars take the grafting optimizer's diagonal update, except vectors no longer than
   ``max_vector_preconditioner_dim``, which get one factor (exponent -1/2: full-matrix
-  AdaGrad on that vector). A 1024-long bias would otherwise cost as much as a 1024-wide
-  weight matrix's factor, for little benefit.
+  AdaGrad on that vector).
 - Blocking: every dim longer than ``max_preconditioner_dim`` is cut into blocks, each
-  with its own factors, so no factor is larger than max_preconditioner_dim squared.
+  with its own factors. Blocks of equal shape in a parameter group are stacked into
+  buckets and updated with batched GEMMs; the elementwise work is foreach ops.
 - Grafting: per block, the Shampoo direction is rescaled to the norm of a simple
   optimizer's direction (SGD, AdaGrad, RMSprop or Adam), which sets the step size; before
   ``start_preconditioning_step`` the grafting direction is used as it is. With
   preconditioning never started Shampoo reproduces torch.optim SGD/Adagrad/RMSprop/Adam(W).
 
-The update of one parameter at step t (1-based, counted per parameter):
+The update of one block at step t (1-based, counted per parameter):
 
     m   = betas[0]-EMA of the gradient, bias-corrected (the gradient itself if betas[0] = 0)
     L,R = betas[1]-EMA of the Kronecker statistics (sums if betas[1] = 1), bias-corrected
-    d   = per block  L^(-1/p) m R^(-1/p)  scaled to the grafting direction's norm
+    d   = L^(-1/p) m R^(-1/p)  scaled to the grafting direction's norm
     p  *= 1 - lr * weight_decay                (decoupled)
     buf = momentum * buf + d ;  d = buf, or d + momentum * buf with Nesterov
     p  -= lr * d
 
-Inverse roots are recomputed every ``precondition_frequency`` steps, by eigendecomposition
-("eigh") or by a warm-started eigenbasis update ("eigenbasis"); see matrix_functions.
-Robustness: a gradient whose sum of squares is not finite in float32 (NaN, Inf, or so
-large that the statistics would overflow) skips that parameter's step and is counted
-(or raises, by option); a failed or non-finite root is retried in float64, else the
-previous root is kept and counted, and ``max_root_failures`` consecutive failures of the
-same factor raise. Counts: ``diagnostics()``.
+Inverse roots are recomputed at ``start_preconditioning_step`` and then every
+``precondition_frequency`` steps (optionally staggered over the window: schedule.py), by
+eigendecomposition ("eigh"), a warm-started eigenbasis update ("eigenbasis") or the
+matmul-only coupled Newton iteration ("newton"); "auto" takes newton on CUDA and eigh
+elsewhere (roots.py says why).
 
-Distributed (on by default under torch.distributed with several ranks): every block's
-state and work (gradient EMA, grafting accumulator, momentum, factors, roots) lives on
-one owner rank, chosen by cost-balanced assignment (sharding.py); each step the owners
-compute their blocks' directions and one all-gather gives every rank all of them, so
-parameters stay identical across ranks. Gradients must already be averaged across ranks
-(DDP, Accelerate, DeepSpeed stage 0 and the HF Trainer do this). With float32
-communication the result is bitwise that of one process; state_dict() holds this rank's
-blocks, and save_sharded_state / load_sharded_state (checkpoint.py) save and re-shard all.
+Robustness, decided on the device (no host read on a step that refreshes no root): a
+parameter whose gradient's sum of squares is not finite in float32 is skipped (its state
+and weights stay bitwise as they were; counted); a root that fails (non-finite, or Newton
+not converged) keeps the previous one, is retried in float64 by eigh at the end of the
+refresh, and ``max_root_failures`` consecutive failures of one block raise. A refresh step
+reads the device once (twice if a retry ran). ``diagnostics()`` reads the counters.
+
+Distributed (on by default under torch.distributed with several ranks): every bucket's
+state and work lives on one owner rank and one all-gather per step hands every rank all
+directions (distribution.py): with float32 communication bitwise the single-process
+result. state_dict() holds this rank's buckets; save_sharded_state / load_sharded_state
+(checkpoint.py) save and re-shard all of them.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
-import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import torch
-import torch.distributed as dist
-from torch.profiler import record_function
 
-from basinlab.optim.matrix_functions import eigenbasis_inverse_root, eigh_inverse_root
-from basinlab.optim.sharding import ShardLayout, block_cost
+from basinlab.optim import grafting as graft_math
+from basinlab.optim.engine import BucketedOptimizer, GroupStep
+from basinlab.optim.kronecker import (
+    ROOT_METHODS,
+    graft_scales,
+    init_factors,
+    precondition,
+    refresh_roots,
+    update_factors,
+)
+from basinlab.optim.layout import Bucket, flatten_diagonal, gather
+from basinlab.optim.legacy import upgrade_legacy_state
+from basinlab.optim.schedule import is_due, stagger_offsets
 
-GRAFTINGS = ("none", "sgd", "adagrad", "rmsprop", "adam")
-ROOT_METHODS = ("eigh", "eigenbasis")
 FACTOR_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-NONFINITE_POLICIES = ("skip", "raise")
-COMMUNICATION_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# State keys holding per-factor tensors; their dtype is the factor dtype, not the parameter's.
-_FACTOR_KEYS = ("factor_", "inv_root_", "eigvecs_")
-
-
-@dataclass(frozen=True)
-class _Block:
-    """One unit of work: where it sits in the parameter's matrix view, and its factor sizes.
-
-    A block with no factor dims (``dims == ()``) takes the diagonal (grafting) update.
-    """
-
-    index: tuple[slice, ...]
-    dims: tuple[int, ...]
-    shape: tuple[int, ...]
-
-
-def matrix_shape(shape: Iterable[int]) -> tuple[int, ...]:
-    """The order-0, 1 or 2 shape Shampoo preconditions for a parameter of ``shape``."""
-    dims = [d for d in shape if d != 1]
-    if len(dims) <= 1:
-        return tuple(dims)
-    return (dims[0], math.prod(dims[1:]))
-
-
-def blocks_of(shape: tuple[int, ...], max_dim: int) -> list[_Block]:
-    """Cut each dim of a matrix shape into chunks of at most ``max_dim``; one block per chunk pair."""
-    ranges = [[(start, min(start + max_dim, n)) for start in range(0, n, max_dim)] for n in shape]
-    blocks = []
-    for combo in itertools.product(*ranges):
-        dims = tuple(b - a for a, b in combo)
-        blocks.append(_Block(tuple(slice(a, b) for a, b in combo), dims, dims))
-    return blocks
-
-
-@functools.lru_cache(maxsize=None)
-def _param_blocks(shape: tuple[int, ...], max_dim: int, max_vector_dim: int) -> tuple[_Block, ...]:
-    """The blocks of a parameter shape; scalars and long vectors are one diagonal block."""
-    matrix = matrix_shape(shape)
-    if not matrix or (len(matrix) == 1 and matrix[0] > max_vector_dim):
-        return (_Block(tuple(slice(0, n) for n in matrix), (), matrix),)
-    return tuple(blocks_of(matrix, max_dim))
+NONFINITE_POLICIES = ("skip", "raise")  # raise: one host read per step, by choice
+ROOT_PRECISIONS = ("float32", "tf32")
+# Columns of the per-block coefficient table (see _coefficients).
+FACTOR_DECAY, GRAFT_DECAY, MOMENTUM_DECAY, EMA_WEIGHT, USABLE, EMA_CORRECTION, GRAFT_CORRECTION = range(7)
 
 
 def _factor_dtype(value: Any) -> torch.dtype:
@@ -116,7 +83,7 @@ def _factor_dtype(value: Any) -> torch.dtype:
     raise ValueError(f"factor_dtype must be one of {', '.join(FACTOR_DTYPES)}, got {value!r}")
 
 
-class Shampoo(torch.optim.Optimizer):
+class Shampoo(BucketedOptimizer):
     """Blocked, grafted Shampoo (see the module docstring for the exact update).
 
     Args:
@@ -131,22 +98,22 @@ class Shampoo(torch.optim.Optimizer):
         precondition_frequency: steps between inverse-root recomputations.
         start_preconditioning_step: first step that uses the preconditioner (default:
             precondition_frequency); earlier steps take the grafting direction.
+        stagger_roots: spread the buckets' root recomputations over the frequency window.
         grafting: "none", "sgd", "adagrad", "rmsprop" or "adam".
         grafting_epsilon, grafting_beta2: the grafting optimizer's epsilon and beta2.
         root_override: use L^(-1/root_override) for every factor instead of 2 * order.
         factor_dtype: "float32" or "float64" for factors and roots.
-        root_method: "eigh" (exact) or "eigenbasis" (warm-started, cheaper per update).
-        pseudo_inverse: give numerically-zero eigenvalues weight 0 instead of epsilon^(-1/p).
-        nonfinite_grads: "skip" (count and skip the parameter's step) or "raise".
-        max_root_failures: consecutive failed roots of one factor before raising.
-        distributed: split the block work across data-parallel ranks (None: yes when
-            torch.distributed is initialized with more than one rank at the first step).
-        communication_dtype: "float32" (bitwise-exact), "bfloat16" or "float16" for the
-            all-gather of search directions.
-        process_group: the ranks that share the work (default: all).
-        distributed_group_size: split the world into groups of this many consecutive
-            ranks, each sharing the work among itself (fewer, smaller all-gathers).
+        root_method: "auto", "eigh", "eigenbasis" or "newton".
+        root_precision: "float32" or "tf32" (CUDA) for newton's matrix products.
+        pseudo_inverse: give numerically-zero eigenvalues weight 0 (eigh/eigenbasis only).
+        nonfinite_grads: "skip" (count and skip the parameter's step) or "raise"
+            (FloatingPointError; costs one host read per step).
+        max_root_failures: consecutive failed roots of one block before raising.
+        distributed, communication_dtype, process_group, distributed_group_size: see
+            distribution.py (split the bucket work across data-parallel ranks).
     """
+
+    name = "Shampoo"
 
     def __init__(
         self,
@@ -162,12 +129,14 @@ class Shampoo(torch.optim.Optimizer):
         max_vector_preconditioner_dim: int = 0,
         precondition_frequency: int = 10,
         start_preconditioning_step: int | None = None,
+        stagger_roots: bool = False,
         grafting: str = "adam",
         grafting_epsilon: float = 1e-8,
         grafting_beta2: float = 0.999,
         root_override: float | None = None,
         factor_dtype: str | torch.dtype = "float32",
-        root_method: str = "eigh",
+        root_method: str = "auto",
+        root_precision: str = "float32",
         pseudo_inverse: bool = False,
         nonfinite_grads: str = "skip",
         max_root_failures: int = 10,
@@ -177,6 +146,7 @@ class Shampoo(torch.optim.Optimizer):
         distributed_group_size: int | None = None,
     ):
         beta1, beta2 = betas
+        integral_root = root_override is None or float(root_override).is_integer()
         checks = [
             (lr >= 0, f"lr must be >= 0, got {lr}"),
             (0 <= beta1 < 1, f"betas[0] must be in [0, 1), got {beta1}"),
@@ -195,32 +165,38 @@ class Shampoo(torch.optim.Optimizer):
                 start_preconditioning_step is None or start_preconditioning_step >= 1,
                 f"start_preconditioning_step must be >= 1 or None, got {start_preconditioning_step}",
             ),
-            (grafting in GRAFTINGS, f"grafting must be one of {', '.join(GRAFTINGS)}, got {grafting!r}"),
+            (stagger_roots in (True, False), f"stagger_roots must be True or False, got {stagger_roots!r}"),
+            (
+                grafting in graft_math.GRAFTINGS,
+                f"grafting must be one of {', '.join(graft_math.GRAFTINGS)}, got {grafting!r}",
+            ),
             (grafting_epsilon > 0, f"grafting_epsilon must be > 0, got {grafting_epsilon}"),
             (
                 0 <= grafting_beta2 < 1 or (grafting_beta2 == 1 and grafting != "adam"),
                 f"grafting_beta2 must be in [0, 1) (1 only without adam grafting), got {grafting_beta2}",
             ),
             (root_override is None or root_override > 0, f"root_override must be > 0, got {root_override}"),
-            (root_method in ROOT_METHODS, f"root_method must be one of {', '.join(ROOT_METHODS)}, got {root_method!r}"),
+            (
+                root_method in ("auto",) + ROOT_METHODS,
+                f"root_method must be one of auto, {', '.join(ROOT_METHODS)}, got {root_method!r}",
+            ),
+            (
+                root_precision in ROOT_PRECISIONS,
+                f"root_precision must be one of {', '.join(ROOT_PRECISIONS)}, got {root_precision!r}",
+            ),
+            (
+                root_method != "newton" or not pseudo_inverse,
+                "pseudo_inverse needs root_method 'eigh' or 'eigenbasis' (newton has no eigenvalues to zero)",
+            ),
+            (
+                root_method != "newton" or integral_root,
+                f"root_method 'newton' needs an integer root_override, got {root_override}",
+            ),
             (
                 nonfinite_grads in NONFINITE_POLICIES,
                 f"nonfinite_grads must be one of {', '.join(NONFINITE_POLICIES)}, got {nonfinite_grads!r}",
             ),
             (max_root_failures >= 1, f"max_root_failures must be >= 1, got {max_root_failures}"),
-            (distributed in (None, True, False), f"distributed must be None, True or False, got {distributed!r}"),
-            (
-                communication_dtype in COMMUNICATION_DTYPES,
-                f"communication_dtype must be one of {', '.join(COMMUNICATION_DTYPES)}, got {communication_dtype!r}",
-            ),
-            (
-                distributed_group_size is None or distributed_group_size >= 1,
-                f"distributed_group_size must be >= 1 or None, got {distributed_group_size}",
-            ),
-            (
-                process_group is None or distributed_group_size is None,
-                "pass process_group or distributed_group_size, not both",
-            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -237,471 +213,308 @@ class Shampoo(torch.optim.Optimizer):
             max_vector_preconditioner_dim=max_vector_preconditioner_dim,
             precondition_frequency=precondition_frequency,
             start_preconditioning_step=start_preconditioning_step,
+            stagger_roots=stagger_roots,
             grafting=grafting,
             grafting_epsilon=grafting_epsilon,
             grafting_beta2=grafting_beta2,
             root_override=root_override,
             factor_dtype=factor_dtype,
             root_method=root_method,
+            root_precision=root_precision,
             pseudo_inverse=pseudo_inverse,
             nonfinite_grads=nonfinite_grads,
             max_root_failures=max_root_failures,
         )
-        super().__init__(params, defaults)
-        self._distributed = distributed
-        self._communication_dtype = COMMUNICATION_DTYPES[communication_dtype]
-        self._process_group = process_group
-        self._distributed_group_size = distributed_group_size
-        self._comm: _Comm | None = None
-        self._comm_resolved = False
-        self._cached_plan: _Plan | None = None
+        super().__init__(
+            params,
+            defaults,
+            distributed=distributed,
+            communication_dtype=communication_dtype,
+            process_group=process_group,
+            distributed_group_size=distributed_group_size,
+        )
+        self._constants: dict = {}
 
     # ----------------------------------------------------------------- public helpers
 
     def diagnostics(self) -> dict[str, int]:
-        """Counts of skipped parameter steps (non-finite gradients) and failed root computations.
+        """Counts of skipped parameter steps (non-finite gradients), failed root computations and
+        parameters whose blocks have been preconditioned. Reads the device (call it when you log).
 
-        Distributed, root counts cover this rank's blocks only.
+        Distributed, root counts cover this rank's buckets only.
         """
-        states = list(self.state.values())
-        return {
-            "skipped_steps": sum(s.get("skipped_steps", 0) for s in states),
-            "root_failures": sum(s.get("root_failures", 0) for s in states),
-            "preconditioned_params": sum(1 for s in states if s.get("roots_computed", 0) > 0),
-        }
+        skipped = sum(int(s["skipped"].sum().item()) for k, s in self.state.items() if str(k).startswith("group."))
+        failures = sum(int(s["root_failures"].sum().item()) for k, s in self.state.items() if str(k).startswith("bucket."))
+        return {"skipped_steps": skipped, "root_failures": failures, "preconditioned_params": len(self._preconditioned())}
 
-    def sharding(self) -> dict[str, Any] | None:
-        """World size, this rank, the owner of every block and the summed block cost per rank;
-        None when not distributed (the first step, or load_state_dict, decides)."""
+    def parameter_progress(self, param: torch.Tensor) -> dict[str, int]:
+        """Steps taken (with a gradient) and root recomputations of ``param``'s blocks on this rank."""
         plan = self._plan()
-        if plan.comm is None:
-            return None
-        return {
-            "world_size": plan.comm.world_size,
-            "rank": plan.comm.rank,
-            "owners": list(plan.layout.owners),
-            "loads": plan.layout.loads(plan.costs, plan.comm.world_size),
-        }
+        for g, group in enumerate(self.param_groups):
+            for index, candidate in enumerate(group["params"]):
+                if candidate is param:
+                    host = self.state.get(f"group.{g}", {}).get("host_steps", (0,) * len(group["params"]))
+                    counts = [
+                        n
+                        for unit in plan.groups[g].buckets
+                        if unit.key in self.state
+                        for p, n in zip(unit.row_params(), self.state[unit.key]["refreshes"])
+                        if p == index
+                    ]
+                    return {"steps": host[index], "root_computations": max(counts, default=0)}
+        raise ValueError("parameter_progress: the tensor is not one of this optimizer's parameters")
 
-    def state_dict(self) -> dict[str, Any]:
-        """As torch's; distributed, it holds this rank's blocks only and says so under "sharding"."""
-        state_dict = super().state_dict()
-        sharding = self.sharding() if self._comm_resolved else None
-        if sharding is not None:
-            state_dict["sharding"] = {k: sharding[k] for k in ("world_size", "rank", "owners")}
-        return state_dict
+    def _preconditioned(self) -> set[tuple[int, int]]:
+        done = set()
+        for layout in self._plan().groups:
+            for unit in layout.buckets:
+                state = self.state.get(unit.key)
+                if state:
+                    done |= {(unit.group, p) for p, n in zip(unit.row_params(), state["refreshes"]) if n}
+        return done
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """As torch's, but keep factor tensors in their own dtype (torch casts to the parameter's),
-        keep only the blocks this rank owns, and refuse a state that lacks any of them."""
-        saved = state_dict["state"]
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != "sharding"})
-        plan = self._plan()
-        params = [p for group in self.param_groups for p in group["params"]]
-        for index, values in saved.items():
-            param = params[index]
-            for key, value in values.items():
-                if isinstance(key, str) and key.startswith(_FACTOR_KEYS):
-                    self.state[param][key] = value.to(device=param.device, copy=True)
-        for index, (param, group) in enumerate(zip(params, (g for g in self.param_groups for _ in g["params"]))):
-            state = self.state.get(param)
-            if not state or "step" not in state:
-                continue
-            for b, block in enumerate(plan.blocks[index]):
-                keys = self._block_keys(b, block, group)
-                if plan.owns(index, b):
-                    missing = [k for k in keys if k not in state and not k.startswith("eigvecs_")]
-                    if missing:
-                        raise ValueError(self._missing_shard_message(state_dict, index, param, b))
-                else:
-                    for key in keys:
-                        state.pop(key, None)
+    # ----------------------------------------------------------------- engine hooks
 
-    def _missing_shard_message(self, state_dict, index, param, b) -> str:
-        origin = state_dict.get("sharding")
-        source = (
-            f"rank {origin['rank']}'s shard of a {origin['world_size']}-rank run" if origin else "incomplete"
-        )
-        return (
-            f"Shampoo: the loaded optimizer state lacks block {b} of parameter {index} (shape {tuple(param.shape)}), "
-            f"which this rank owns: the state dict is {source}. Save every rank's shard with "
-            "basinlab.optim.save_sharded_state and load them with load_sharded_state (it re-shards to any world size)"
-        )
+    def _layout_dims(self, group: dict[str, Any]) -> tuple[int, int]:
+        return group["max_preconditioner_dim"], group["max_vector_preconditioner_dim"]
 
-    # ----------------------------------------------------------------- the step
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        plan = self._plan()
-        send = None
-        if plan.comm is not None:
-            device = self.param_groups[0]["params"][0].device
-            send = torch.zeros(plan.layout.segment_size, dtype=self._communication_dtype, device=device)
-        index = 0
-        for group in self.param_groups:
-            indexed = list(enumerate(group["params"], start=index))
-            index += len(indexed)
-            work = [(i, param, self._owned_blocks(plan, i)) for i, param in self._usable_params(indexed, group)]
-            with record_function("shampoo.factor_update"):
-                for _, param, owned in work:
-                    self._update_statistics(param, group, owned)
-            with record_function("shampoo.root"):
-                self._compute_roots([(param, owned) for _, param, owned in work], group)
-            for i, param, owned in work:
-                directions = [(b, block, self._block_direction(param, b, block, group)) for b, block in owned]
-                if send is None:
-                    self._apply(param, group, self._assemble(param, [(block, d) for _, block, d in directions]))
-                else:
-                    self._pack(send, plan, i, directions)
-        if send is not None:
-            self._exchange(send, plan)
-        return loss
-
-    # ----------------------------------------------------------------- planning and sharding
-
-    def _signature(self) -> tuple:
-        return tuple(
-            (tuple(tuple(p.shape) for p in g["params"]), g["max_preconditioner_dim"], g["max_vector_preconditioner_dim"])
-            for g in self.param_groups
-        )
-
-    def _plan(self) -> "_Plan":
-        """Blocks, owners and gather layout for the current parameter groups (cached by shape)."""
-        signature = self._signature()
-        if self._cached_plan is not None and self._cached_plan.signature == signature:
-            return self._cached_plan
-        self._refuse_flat_partitions(self.param_groups)
-        if not self._comm_resolved:
-            self._comm = self._resolve_comm()
-            self._comm_resolved = True
-        elif self._comm is not None and self._cached_plan is not None and self.state:
-            raise RuntimeError(
-                "Shampoo (distributed): the parameter groups changed after training started, which would move "
-                "blocks between ranks; add every parameter group before the first step"
-            )
-        blocks = [self._blocks(p, g) for g in self.param_groups for p in g["params"]]
-        costs = [block_cost(block.shape, block.dims) for param_blocks in blocks for block in param_blocks]
-        layout = None
-        if self._comm is not None:
-            shapes = [block.shape for param_blocks in blocks for block in param_blocks]
-            layout = ShardLayout.build(shapes, costs, self._comm.world_size)
-        self._cached_plan = _Plan(signature, blocks, costs, self._comm, layout)
-        return self._cached_plan
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """As torch's, remembering the group's parameter shapes (see _refuse_flat_partitions)."""
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        group["param_shapes"] = [tuple(p.shape) for p in group["params"]]
-        self._refuse_flat_partitions([group])
-
-    def _refuse_flat_partitions(self, groups: list[dict[str, Any]]) -> None:
-        """DeepSpeed ZeRO >= 1 swaps our parameters for flat 1-D partitions: refuse, loudly.
-
-        The shapes are kept in the group dict itself: ZeRO keeps the dicts but swaps their
-        "params", and at stages 1-2 steps one group at a time. ZeRO-3 partitioned
-        parameters (built under zero.Init) carry ``ds_id`` and are already flat here.
-        """
-        for group in groups:
-            now = [tuple(p.shape) for p in group["params"]]
-            partitioned = any(hasattr(p, "ds_id") for p in group["params"])
-            constructed = [tuple(shape) for shape in group.get("param_shapes", now)]
-            flattened = now != constructed and all(len(shape) <= 1 for shape in now)
-            if partitioned or flattened:
-                raise RuntimeError(
-                    "Shampoo: its parameters were replaced by flat 1-D partitions, as DeepSpeed ZeRO stage >= 1 "
-                    "does; Kronecker factors of flat slices are meaningless. Use ZeRO stage 0: distributed Shampoo "
-                    "already shards its own state across data-parallel ranks"
-                )
-
-    def _resolve_comm(self) -> "_Comm | None":
-        """Decide, once, whether and over which ranks the block work is split."""
-        initialized = dist.is_available() and dist.is_initialized()
-        if self._distributed is False or (self._distributed is None and not initialized):
-            return None
-        if not initialized:
-            raise RuntimeError(
-                "Shampoo(distributed=True) needs torch.distributed initialized before its first step "
-                "(accelerate launch / torchrun do it); or pass distributed=None to decide automatically"
-            )
-        group = self._process_group
-        if self._distributed_group_size is not None:
-            world = dist.get_world_size()
-            if world % self._distributed_group_size:
-                raise ValueError(
-                    f"Shampoo: distributed_group_size={self._distributed_group_size} does not divide the world "
-                    f"size {world}; pick a divisor of {world}"
-                )
-            group, _ = dist.new_subgroups(self._distributed_group_size)
-        world_size = dist.get_world_size(group)
-        if world_size == 1 and self._distributed is None:
-            return None
-        return _Comm(group, dist.get_rank(group), world_size)
-
-    def _owned_blocks(self, plan: "_Plan", index: int) -> list[tuple[int, _Block]]:
-        return [(b, block) for b, block in enumerate(plan.blocks[index]) if plan.owns(index, b)]
-
-    def _pack(self, send: torch.Tensor, plan: "_Plan", index: int, directions) -> None:
-        """Write this rank's block directions and their 'computed' flags into its segment."""
-        base = plan.first_block[index]
-        for b, _, direction in directions:
-            start = plan.layout.offsets[base + b]
-            send[start : start + direction.numel()].copy_(direction.reshape(-1))
-            send[plan.layout.flag_offsets[base + b]] = 1
-
-    def _exchange(self, send: torch.Tensor, plan: "_Plan") -> None:
-        """All-gather every rank's directions, then apply each parameter whose blocks were all computed."""
-        with record_function("shampoo.communication"):
-            gathered = send.new_empty(plan.layout.segment_size * plan.comm.world_size)
-            dist.all_gather_single(gathered, send, group=plan.comm.group)
-            flags = gathered[plan.flag_positions(gathered.device)].tolist()
-        index = 0
-        for group in self.param_groups:
-            for param in group["params"]:
-                base, blocks = plan.first_block[index], plan.blocks[index]
-                index += 1
-                if not all(flags[base : base + len(blocks)]):
-                    continue
-                directions = []
-                for b, block in enumerate(blocks):
-                    start = plan.layout.position(base + b)
-                    directions.append((block, gathered[start : start + math.prod(block.shape)].view(block.shape)))
-                self._apply(param, group, self._assemble(param, directions))
-
-    # ----------------------------------------------------------------- per-parameter work
-
-    def _usable_params(self, indexed, group: dict[str, Any]) -> list[tuple[int, torch.Tensor]]:
-        """Parameters with a gradient whose sum of squares is finite in float32."""
-        indexed = [(i, p) for i, p in indexed if p.grad is not None]
-        if not indexed:
+    def _offsets(self, layout) -> list[int]:
+        """Each bucket's root offset in [1, f] (f for every bucket when not staggered)."""
+        if not layout.buckets:
             return []
-        squares = torch.stack([torch.dot(g, g) for g in (p.grad.reshape(-1).float() for _, p in indexed)])
-        usable = []
-        for (i, param), finite in zip(indexed, torch.isfinite(squares).tolist()):
-            if finite:
-                usable.append((i, param))
-                state = self.state[param]
-                if "step" not in state:
-                    state.update(step=0, roots_computed=0, root_failures=0)
-                    state.setdefault("skipped_steps", 0)
-                state["step"] += 1
-                continue
-            if group["nonfinite_grads"] == "raise":
-                raise FloatingPointError(
-                    f"Shampoo: non-finite or overflowing gradient for a parameter of shape {tuple(param.shape)}; "
-                    "pass nonfinite_grads='skip' to skip such steps instead"
-                )
-            state = self.state[param]
-            state["skipped_steps"] = state.get("skipped_steps", 0) + 1
-        return usable
+        group = self.param_groups[layout.buckets[0].group]
+        frequency = group["precondition_frequency"]
+        if not group["stagger_roots"]:
+            return [frequency] * len(layout.buckets)
+        return stagger_offsets([b.cost for b in layout.buckets], frequency)
 
-    def _blocks(self, param: torch.Tensor, group: dict[str, Any]) -> tuple[_Block, ...]:
-        return _param_blocks(
-            tuple(param.shape), group["max_preconditioner_dim"], group["max_vector_preconditioner_dim"]
-        )
+    def _unit_classes(self, groups) -> list[int] | None:
+        if not any(g["stagger_roots"] for g in self.param_groups):
+            return None
+        classes = []
+        for layout in groups:
+            classes += self._offsets(layout) + ([0] if layout.diagonal is not None else [])
+        return classes
 
-    def _block_keys(self, b: int, block: _Block, group: dict[str, Any]) -> list[str]:
-        """The state keys one block owns (eigvecs appear after its first eigenbasis root)."""
-        keys = []
-        if group["betas"][0] > 0:
-            keys.append(f"grad_ema_{b}")
-        if group["momentum"] > 0:
-            keys.append(f"momentum_buffer_{b}")
-        if group["grafting"] in ("adagrad", "rmsprop", "adam"):
-            keys.append(f"graft_accumulator_{b}")
-        for k in range(len(block.dims)):
-            keys += [f"factor_{b}_{k}", f"inv_root_{b}_{k}", f"consecutive_failures_{b}_{k}", f"eigvecs_{b}_{k}"]
-        return keys
+    def _offset(self, bucket: Bucket) -> int:
+        plan = self._plan()
+        cache = self._constants.setdefault(("offsets", plan.signature), {})
+        if bucket.key not in cache:
+            layout = plan.groups[bucket.group]
+            cache.update({b.key: o for b, o in zip(layout.buckets, self._offsets(layout))})
+        return cache[bucket.key]
 
-    def _init_block_state(self, state: dict, param: torch.Tensor, b: int, block: _Block, group) -> None:
-        dtype = _factor_dtype(group["factor_dtype"])
-        for key in self._block_keys(b, block, group):
-            if key.startswith(("grad_ema_", "momentum_buffer_", "graft_accumulator_")):
-                state[key] = torch.zeros(block.shape, dtype=param.dtype, device=param.device)
-        for k, dim in enumerate(block.dims):
-            state[f"factor_{b}_{k}"] = torch.zeros(dim, dim, dtype=dtype, device=param.device)
-            state[f"inv_root_{b}_{k}"] = torch.eye(dim, dtype=dtype, device=param.device)
-            state[f"consecutive_failures_{b}_{k}"] = 0
-
-    def _update_statistics(self, param: torch.Tensor, group: dict[str, Any], owned) -> None:
-        """Advance the Kronecker factors, grafting accumulators and gradient EMA of the owned blocks."""
-        state = self.state[param]
-        view = param.grad.reshape(matrix_shape(param.shape))
-        beta1, beta2 = group["betas"]
-        dtype = _factor_dtype(group["factor_dtype"])
-        decay, weight = (1.0, 1.0) if beta2 == 1 else (beta2, 1.0 - beta2)
-        grafting = group["grafting"]
-        for b, block in owned:
-            keys = self._block_keys(b, block, group)
-            if keys and keys[0] not in state:
-                self._init_block_state(state, param, b, block, group)
-            grad = view[block.index]
-            if len(block.dims) == 1:
-                g = grad.to(dtype)
-                state[f"factor_{b}_0"].addr_(g, g, beta=decay, alpha=weight)
-            elif block.dims:  # beta folds the EMA decay into the GEMM: no separate pass over the factor
-                g = grad.to(dtype)
-                state[f"factor_{b}_0"].addmm_(g, g.T, beta=decay, alpha=weight)
-                state[f"factor_{b}_1"].addmm_(g.T, g, beta=decay, alpha=weight)
-            if grafting == "adagrad":
-                state[f"graft_accumulator_{b}"].addcmul_(grad, grad)
-            elif grafting in ("rmsprop", "adam"):
-                gamma = group["grafting_beta2"]
-                state[f"graft_accumulator_{b}"].mul_(gamma).addcmul_(grad, grad, value=1 - gamma)
-            if beta1 > 0:
-                state[f"grad_ema_{b}"].lerp_(grad, 1 - beta1)
-
-    def _start(self, group: dict[str, Any]) -> int:
+    @staticmethod
+    def _start(group: dict[str, Any]) -> int:
         start = group["start_preconditioning_step"]
         return group["precondition_frequency"] if start is None else start
 
-    def _compute_roots(self, work: list[tuple[torch.Tensor, list]], group: dict[str, Any]) -> None:
-        """Recompute the inverse roots that are due, one factor at a time.
+    def _coefficients(self, step: GroupStep, units, dtype: torch.dtype, factor_dtype: torch.dtype):
+        """Per unit: its usable-row mask, the seven per-row coefficients (FACTOR_DECAY ...) in ``dtype``
+        and the factor decay in ``factor_dtype``, shaped to broadcast against the unit ([B, 1, 1] or [N]).
+        Built for all units at once in float64 (as torch.optim's host math), then cast: a handful of ops."""
+        group, device = step.group, step.ok.device
+        beta1, beta2 = group["betas"]
+        gamma = group["grafting_beta2"]
+        key = (beta1, beta2, gamma, group["momentum"], device)
+        if key not in self._constants:
+            on = torch.tensor([beta2, gamma, group["momentum"], 1 - beta1, 1.0], dtype=torch.float64)
+            off = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+            bases = torch.tensor([beta1, gamma], dtype=torch.float64)
+            self._constants[key] = tuple(t.to(device) for t in (on, off, bases))
+        on, off, bases = self._constants[key]
+        plan = self._plan()
+        index_key = ("rows", tuple(u.key for u in units), device)
+        if index_key not in self._constants:
+            self._constants[index_key] = torch.cat([plan.rows(u, device) for u in units])
+        rows = self._constants[index_key]
+        ok = step.ok[rows]
+        t = step.steps[rows].clamp_min(1.0)
+        exact = torch.cat([torch.where(ok.unsqueeze(1), on, off), 1 - torch.pow(bases, t.unsqueeze(1))], dim=1)
+        sizes = [u.size if isinstance(u, Bucket) else u.numel for u in units]
+        tables = exact.to(dtype).split(sizes)
+        decays = exact[:, FACTOR_DECAY].to(factor_dtype).split(sizes) if factor_dtype != dtype else None
+        out = []
+        for i, (unit, unit_ok, table) in enumerate(zip(units, ok.split(sizes), tables)):
+            if isinstance(unit, Bucket):
+                columns = table.view(unit.size, 7, 1, 1).unbind(1)
+                decay = decays[i].view(-1, 1, 1) if decays is not None else columns[FACTOR_DECAY]
+                out.append((unit_ok.view(-1, 1, 1), columns, decay))
+            else:
+                out.append((unit_ok, table.unbind(1), None))
+        return out
 
-        Not batched on purpose: LAPACK's results depend on a matrix's position in a batch
-        (alignment), so batching would tie the bits of a root to which other blocks share
-        its rank; on CPU a batched eigh is a loop over the same calls anyway.
-        """
-        start, frequency = self._start(group), group["precondition_frequency"]
-        beta2 = group["betas"][1]
-        for param, owned in work:
-            state = self.state[param]
-            t = state["step"]
-            preconditioned = [(b, block) for b, block in owned if block.dims]
-            if t < start or (t - start) % frequency or not preconditioned:
-                continue
-            state["roots_computed"] += 1
-            correction = 1.0 if beta2 == 1 else 1.0 - beta2**t
-            for b, block in preconditioned:
-                root = group["root_override"] or 2 * len(block.dims)
-                for k in range(len(block.dims)):
-                    self._root(state, f"{b}_{k}", state[f"factor_{b}_{k}"] / correction, root, group)
+    def _unit_state(self, unit, group: dict[str, Any], like: torch.Tensor) -> dict[str, Any]:
+        if unit.key in self.state:
+            return self.state[unit.key]
+        shape = (unit.size, *unit.block) if isinstance(unit, Bucket) else (unit.numel,)
+        state: dict[str, Any] = {}
+        if isinstance(unit, Bucket):
+            state.update(init_factors(unit, _factor_dtype(group["factor_dtype"]), like.device))
+            state["root_failures"] = torch.zeros(unit.size, device=like.device)
+            state["consecutive_failures"] = torch.zeros(unit.size, device=like.device)
+            state["refreshes"] = (0,) * unit.size
+        if group["betas"][0] > 0:
+            state["grad_ema"] = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        if graft_math.has_accumulator(group["grafting"]):
+            state["graft_acc"] = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        if group["momentum"] > 0:
+            state["momentum_buffer"] = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        self.state[unit.key] = state
+        return state
 
-    def _root(self, state, key: str, factor: torch.Tensor, root: float, group: dict[str, Any]) -> None:
-        """One inverse root: warm-started if asked, then exact, then in float64; else keep the old one."""
-        warm = group["root_method"] == "eigenbasis" and f"eigvecs_{key}" in state
-        for dtype in dict.fromkeys([factor.dtype, torch.float64]):
-            try:
-                if warm and dtype == factor.dtype:
-                    inv_root, vectors = eigenbasis_inverse_root(
-                        factor, state[f"eigvecs_{key}"], root, group["epsilon"], pseudo_inverse=group["pseudo_inverse"]
-                    )
-                else:
-                    inv_root, vectors = eigh_inverse_root(
-                        factor.to(dtype), root, group["epsilon"], pseudo_inverse=group["pseudo_inverse"]
-                    )
-            except RuntimeError:  # torch.linalg errors (e.g. eigh did not converge)
-                continue
-            if inv_root.isfinite().all():
-                self._store_root(state, key, inv_root.to(factor.dtype), vectors.to(factor.dtype), group)
-                return
-        state["root_failures"] += 1
-        state[f"consecutive_failures_{key}"] += 1
-        if state[f"consecutive_failures_{key}"] >= group["max_root_failures"]:
-            n = factor.shape[-1]
-            raise RuntimeError(
-                f"Shampoo: the inverse root of a {n}x{n} factor failed {group['max_root_failures']} times in a row "
-                "(non-finite or ill-conditioned statistics); try a larger epsilon, factor_dtype='float64' "
-                "or pseudo_inverse=True"
+    def _update_statistics(self, step: GroupStep) -> None:
+        group, units = step.group, step.owned
+        if group["nonfinite_grads"] == "raise":
+            self._raise_on_nonfinite(step)
+        if not units:
+            return
+        params = group["params"]
+        coefficients = self._coefficients(step, units, params[0].dtype, _factor_dtype(group["factor_dtype"]))
+        grads, states = [], []
+        for unit, (ok, _, _) in zip(units, coefficients):
+            like = params[unit.tiles[0].param if isinstance(unit, Bucket) else unit.params[0]]
+            raw = gather(unit, step.grads) if isinstance(unit, Bucket) else flatten_diagonal(unit, step.grads)
+            grads.append(torch.where(ok, raw, 0.0))
+            states.append(self._unit_state(unit, group, like))
+        beta1, beta2 = group["betas"]
+        for unit, state, grad, (_, _, decay) in zip(units, states, grads, coefficients):
+            if isinstance(unit, Bucket):
+                update_factors(unit, state, grad, decay if beta2 < 1 else None, beta2)
+        if beta1 > 0:
+            graft_math.update_average([s["grad_ema"] for s in states], grads, [c[EMA_WEIGHT] for _, c, _ in coefficients])
+        if graft_math.has_accumulator(group["grafting"]):
+            graft_math.accumulate(
+                [s["graft_acc"] for s in states], grads, [c[GRAFT_DECAY] for _, c, _ in coefficients],
+                group["grafting"], group["grafting_beta2"],
+            )
+        step.scratch.update(grads=grads, states=states, coefficients=coefficients)
+
+    def _raise_on_nonfinite(self, step: GroupStep) -> None:
+        """nonfinite_grads='raise': one host read per step, by the user's choice."""
+        bad = [i for i, (has, ok) in enumerate(zip(step.present, step.ok.tolist())) if has and not ok]
+        if bad:
+            shape = tuple(step.group["params"][bad[0]].shape)
+            raise FloatingPointError(
+                f"Shampoo: non-finite or overflowing gradient for a parameter of shape {shape}; "
+                "pass nonfinite_grads='skip' to skip such steps instead"
             )
 
-    def _store_root(self, state, key, inv_root, eigenvectors, group) -> None:
-        state[f"inv_root_{key}"].copy_(inv_root)
-        state[f"consecutive_failures_{key}"] = 0
-        if group["root_method"] == "eigenbasis":
-            state[f"eigvecs_{key}"] = eigenvectors.clone()
+    # ----------------------------------------------------------------- roots
 
-    def _graft_direction(self, state: dict[str, Any], b: int, m_hat: torch.Tensor, group) -> torch.Tensor:
-        grafting = group["grafting"]
-        if grafting in ("none", "sgd"):
-            return m_hat
-        accumulator = state[f"graft_accumulator_{b}"]
-        if grafting == "adam":
-            accumulator = accumulator / (1 - group["grafting_beta2"] ** state["step"])
-        return m_hat / accumulator.sqrt().add_(group["grafting_epsilon"])
+    def _row_flags(self, step: GroupStep, bucket: Bucket, test) -> bool | torch.Tensor:
+        """True/False when ``test(host step)`` holds for all/none of the bucket's stepping rows, else a mask."""
+        flags = tuple(step.present[p] and test(step.host_steps[p]) for p in bucket.row_params())
+        if all(flags):
+            return True
+        if not any(flags):
+            return False
+        return self._mask(flags, step.ok.device)
 
-    def _block_direction(self, param: torch.Tensor, b: int, block: _Block, group: dict[str, Any]) -> torch.Tensor:
-        """One block's search direction: grafted (and preconditioned once started), then momentum."""
-        state = self.state[param]
-        t = state["step"]
-        beta1 = group["betas"][0]
-        if beta1 > 0:
-            m_hat = state[f"grad_ema_{b}"] / (1 - beta1**t)
-        else:
-            m_hat = param.grad.reshape(matrix_shape(param.shape))[block.index]
-        with record_function("shampoo.graft"):
-            direction = self._graft_direction(state, b, m_hat, group)
-        if block.dims and t >= self._start(group):
-            with record_function("shampoo.precondition"):
-                direction = self._precondition(state, b, block, m_hat, direction, group)
-        if group["momentum"]:
-            buffer = state[f"momentum_buffer_{b}"]
-            buffer.mul_(group["momentum"]).add_(direction)
-            direction = direction.add(buffer, alpha=group["momentum"]) if group["nesterov"] else buffer
-        return direction
+    def _refresh(self, steps: list[GroupStep]) -> None:
+        """Recompute the due roots of every group; then one read of who failed, a float64 retry of
+        those, and (only after a retry) one read of the consecutive-failure counters."""
+        pending = []
+        for step in steps:
+            group = step.group
+            start, frequency = self._start(group), group["precondition_frequency"]
+            root_method = self._root_method(group, step.ok.device)
+            for unit, state in zip(step.owned, step.scratch.get("states", ())):
+                if not isinstance(unit, Bucket):
+                    continue
+                offset = self._offset(unit)
+                due = self._row_flags(step, unit, lambda t: is_due(t, start, frequency, offset))
+                if due is False:
+                    continue
+                due = None if due is True else due
+                root = group["root_override"] or 2 * unit.order
+                options = dict(root=root, epsilon=group["epsilon"], pseudo_inverse=group["pseudo_inverse"])
+                correction = self._factor_correction(step, unit, state["left"].dtype)
+                failed = refresh_roots(
+                    unit, state, correction, due, method=root_method, precision=group["root_precision"], **options
+                )
+                rows = unit.row_params()
+                flags = [True] * unit.size if due is None else [step.present[p] and is_due(step.host_steps[p], start, frequency, offset) for p in rows]
+                state["refreshes"] = tuple(n + f for n, f in zip(state["refreshes"], flags))
+                pending.append((unit, state, correction, due, failed, options, group))
+        if not pending:
+            return
+        any_failed = torch.stack([failed.any() for *_, failed, _, _ in pending]).tolist()  # the one read
+        retried = False
+        for (unit, state, correction, due, failed, options, group), flag in zip(pending, any_failed):
+            if flag:
+                retried = True
+                failed = refresh_roots(unit, state, correction, failed, method="eigh", dtype=torch.float64, **options)
+                state["root_failures"].add_(failed)
+            counters = state["consecutive_failures"]
+            reset = counters if due is None else torch.where(due, 0.0, counters)
+            counters.copy_(torch.where(failed, counters + 1, 0.0 if due is None else reset))
+        if retried:
+            limits = [(state["consecutive_failures"].max(), group["max_root_failures"], unit) for unit, state, *_, group in pending]
+            worst = torch.stack([m for m, _, _ in limits]).tolist()  # the second read, after a retry only
+            for value, (_, limit, unit) in zip(worst, limits):
+                if value >= limit:
+                    raise RuntimeError(
+                        f"Shampoo: the inverse root of a {unit.block[0]}x{unit.block[0]} factor failed {limit} times in a "
+                        "row (non-finite or ill-conditioned statistics); try a larger epsilon, factor_dtype='float64' "
+                        "or pseudo_inverse=True"
+                    )
 
-    def _precondition(self, state, b: int, block: _Block, m_hat, graft, group) -> torch.Tensor:
-        """L^(-1/p) M R^(-1/p), rescaled to the grafting direction's norm, in the parameter's dtype."""
-        dtype = _factor_dtype(group["factor_dtype"])
-        m = m_hat.to(dtype)
-        if len(block.dims) == 1:
-            d = state[f"inv_root_{b}_0"] @ m
-        else:
-            d = state[f"inv_root_{b}_0"] @ m @ state[f"inv_root_{b}_1"]
-        if group["grafting"] != "none":  # a zero direction stays zero (0 * finite scale)
-            norm = torch.linalg.vector_norm(d).clamp_min(torch.finfo(dtype).tiny)
-            d.mul_(torch.linalg.vector_norm(graft.to(dtype)) / norm)
-        return d.to(m_hat.dtype)
+    def _factor_correction(self, step: GroupStep, bucket: Bucket, dtype: torch.dtype):
+        """1 - beta2^t per block ([B, 1, 1], float64 math), or 1 for plain sums."""
+        beta2 = step.group["betas"][1]
+        if beta2 == 1:
+            return 1.0
+        t = step.steps[self._plan().rows(bucket, step.ok.device)].clamp_min(1.0)
+        return (1 - torch.pow(beta2, t)).to(dtype).view(-1, 1, 1)
 
     @staticmethod
-    def _assemble(param: torch.Tensor, directions: list[tuple[_Block, torch.Tensor]]) -> torch.Tensor:
-        """The parameter-shaped direction from its blocks' directions."""
-        if len(directions) == 1:
-            return directions[0][1].reshape(param.shape)
-        full = torch.empty(matrix_shape(param.shape), dtype=param.dtype, device=param.device)
-        for block, direction in directions:
-            full[block.index] = direction
-        return full.reshape(param.shape)
+    def _root_method(group: dict[str, Any], device: torch.device) -> str:
+        method = group["root_method"]
+        if method != "auto":
+            return method
+        integral = group["root_override"] is None or float(group["root_override"]).is_integer()
+        return "newton" if device.type == "cuda" and integral and not group["pseudo_inverse"] else "eigh"
 
-    @staticmethod
-    def _apply(param: torch.Tensor, group: dict[str, Any], direction: torch.Tensor) -> None:
-        lr = group["lr"]
-        if group["weight_decay"]:
-            param.mul_(1 - lr * group["weight_decay"])
-        param.add_(direction.to(param.dtype), alpha=-lr)
+    # ----------------------------------------------------------------- directions
 
+    def _directions(self, step: GroupStep) -> list[torch.Tensor]:
+        group, units = step.group, step.owned
+        if not units:
+            return []
+        grads, states, coefficients = step.scratch["grads"], step.scratch["states"], step.scratch["coefficients"]
+        oks = [c[USABLE] for _, c, _ in coefficients]
+        if group["betas"][0] > 0:
+            moments = torch._foreach_div([s["grad_ema"] for s in states], [c[EMA_CORRECTION] for _, c, _ in coefficients])
+        else:
+            moments = grads
+        accumulators = [s.get("graft_acc") for s in states]
+        directions = list(graft_math.directions(
+            moments, accumulators, [c[GRAFT_CORRECTION] for _, c, _ in coefficients], group["grafting"], group["grafting_epsilon"]
+        ))
+        start = self._start(group)
+        chosen = []
+        for i, unit in enumerate(units):
+            if isinstance(unit, Bucket):
+                started = self._row_flags(step, unit, lambda t: t >= start)
+                if started is not False:
+                    chosen.append((i, started, precondition(unit, states[i], moments[i])))
+        if chosen:
+            preconditioned = [d for *_, d in chosen]
+            if group["grafting"] != "none":
+                torch._foreach_mul_(preconditioned, graft_scales(preconditioned, [directions[i] for i, *_ in chosen]))
+            for (i, started, _), d in zip(chosen, preconditioned):
+                d = d.to(directions[i].dtype)
+                directions[i] = d if started is True else torch.where(started.view(-1, 1, 1), d, directions[i])
+        directions = torch._foreach_mul(directions, oks)
+        if group["momentum"] > 0:
+            buffers = [s["momentum_buffer"] for s in states]
+            decays = [c[MOMENTUM_DECAY] for _, c, _ in coefficients]
+            directions = graft_math.apply_momentum(buffers, directions, decays, group["momentum"], group["nesterov"])
+            directions = torch._foreach_mul(directions, oks)
+        return directions
 
-@dataclass(frozen=True)
-class _Comm:
-    group: Any  # a torch.distributed ProcessGroup (None = the default group)
-    rank: int
-    world_size: int
+    # ----------------------------------------------------------------- checkpoints
 
-
-@dataclass
-class _Plan:
-    """Blocks of every parameter (flat order over groups) and, distributed, who owns which."""
-
-    signature: tuple
-    blocks: list[tuple[_Block, ...]]
-    costs: list[int]
-    comm: _Comm | None
-    layout: ShardLayout | None
-    first_block: list[int] = field(init=False)
-    _flag_positions: torch.Tensor | None = field(default=None, init=False)
-
-    def __post_init__(self):
-        self.first_block = list(itertools.accumulate((len(b) for b in self.blocks), initial=0))[:-1]
-
-    def owns(self, index: int, b: int) -> bool:
-        return self.comm is None or self.layout.owners[self.first_block[index] + b] == self.comm.rank
-
-    def flag_positions(self, device: torch.device) -> torch.Tensor:
-        if self._flag_positions is None or self._flag_positions.device != device:
-            positions = [self.layout.flag_position(i) for i in range(len(self.layout.owners))]
-            self._flag_positions = torch.tensor(positions, dtype=torch.long, device=device)
-        return self._flag_positions
+    def _upgrade_state_dict(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+        return upgrade_legacy_state(self, state_dict)
