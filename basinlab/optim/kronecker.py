@@ -15,6 +15,9 @@ did not converge) keeps the previous one for that block, decided on the device.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 
 from basinlab.optim.layout import Bucket
@@ -43,18 +46,23 @@ def init_factors(bucket: Bucket, dtype: torch.dtype, device: torch.device) -> di
     return state
 
 
-def update_factors(bucket: Bucket, state, grad: torch.Tensor, decay, beta2: float) -> None:
-    """Advance L and R with the bucket's (masked) gradient blocks; ``decay`` [B, 1, 1] or None (sums)."""
+def update_factors(buckets, states, grads, decays, beta2: float) -> None:
+    """Advance every bucket's L and R with its (masked) gradient blocks; ``decays`` [B, 1, 1] each, or
+    None for plain sums. The decays of all factors are one foreach op."""
     weight = 1.0 if beta2 == 1 else 1.0 - beta2
-    g = grad.to(state["left"].dtype)
-    for side, _ in factored_sides(bucket):
-        factor = state[side]
-        if decay is not None:
-            factor.mul_(decay)
-        if side == "left":
-            factor.baddbmm_(g, g.mT, alpha=weight)
-        else:
-            factor.baddbmm_(g.mT, g, alpha=weight)
+    if decays is not None:
+        factors, factor_decays = [], []
+        for bucket, state, decay in zip(buckets, states, decays):
+            for side, _ in factored_sides(bucket):
+                factors.append(state[side])
+                factor_decays.append(decay)
+        torch._foreach_mul_(factors, factor_decays)
+    for bucket, state, grad in zip(buckets, states, grads):
+        g = grad.to(state["left"].dtype)
+        g_t = g.mT
+        state["left"].baddbmm_(g, g_t, alpha=weight)
+        if bucket.sides[1]:
+            state["right"].baddbmm_(g_t, g, alpha=weight)
 
 
 def precondition(bucket: Bucket, state, moment: torch.Tensor) -> torch.Tensor:
@@ -68,11 +76,35 @@ def precondition(bucket: Bucket, state, moment: torch.Tensor) -> torch.Tensor:
 
 def graft_scales(directions, grafts) -> list[torch.Tensor]:
     """Per block ||graft|| / ||D|| ([B, 1, 1]); a zero direction stays zero (0 * finite scale)."""
-    scales = []
-    for d, graft in zip(directions, grafts):
-        norm = torch.linalg.vector_norm(d, dim=(-2, -1), keepdim=True).clamp_min_(torch.finfo(d.dtype).tiny)
-        scales.append(torch.linalg.vector_norm(graft, dim=(-2, -1), keepdim=True, dtype=d.dtype).div_(norm))
+    norms = [torch.linalg.vector_norm(d, dim=(-2, -1), keepdim=True) for d in directions]
+    torch._foreach_clamp_min_(norms, torch.finfo(directions[0].dtype).tiny)
+    scales = [torch.linalg.vector_norm(g, dim=(-2, -1), keepdim=True, dtype=d.dtype) for g, d in zip(grafts, directions)]
+    torch._foreach_div_(scales, norms)
     return scales
+
+
+def _candidate_roots(bucket, factors, warm, method, root, epsilon, pseudo_inverse, correction, precision):
+    """New roots (and eigenbases) of every factored side, and per block whether they are usable."""
+    roots, bases, check, converged = {}, {}, None, None
+    vector_correction = correction.squeeze(-1) if isinstance(correction, torch.Tensor) else correction
+    options = dict(pseudo_inverse=pseudo_inverse, correction=vector_correction)
+    for side, factor in factors.items():
+        if method == "newton":
+            with matmul_precision(precision, factor.device):
+                roots[side], residual = newton_inverse_root(factor, int(root), epsilon, correction=correction)
+            ok = residual <= NEWTON_TOLERANCE
+            converged = ok if converged is None else converged & ok
+        elif method == "eigenbasis" and side in warm:
+            roots[side], bases[side] = eigenbasis_inverse_root(factor, warm[side], root, epsilon, **options)
+        else:
+            ordered = method == "eigenbasis"
+            roots[side], vectors = eigh_inverse_root(factor, root, epsilon, ordered=ordered, **options)
+            if ordered:
+                bases[side] = vectors
+        total = roots[side].sum(dim=(-2, -1))
+        check = total if check is None else check + total
+    good = (check - check) == 0  # NaN and Inf do not survive x - x == 0
+    return roots, bases, good if converged is None else good & converged
 
 
 def refresh_roots(
@@ -90,39 +122,83 @@ def refresh_roots(
 ) -> torch.Tensor:
     """Recompute the inverse roots of the ``due`` blocks ([B] bool, None = all); return the failed ones.
 
-    ``correction`` [B, 1, 1] is the factors' bias correction. ``dtype`` (e.g. float64 for a
-    retry) overrides the factor dtype for the computation; results are stored in the
-    factor dtype. A block fails if its factor or root is non-finite or a Newton iteration
-    did not converge; its previous root (and eigenbasis) is kept.
+    ``correction`` ([B, 1, 1] or 1.0) is the factors' bias correction, folded into the
+    roots' eigenvalue weights (no divided copy of the factors). ``dtype`` (float64, for the
+    retry of failed blocks) computes in that dtype from sanitised factors, so one bad block
+    cannot fail its neighbours; results are stored in the factor dtype. A block fails if a
+    root is non-finite or a Newton iteration did not converge: it keeps its previous roots
+    (and eigenbasis).
     """
-    failed = torch.zeros(bucket.size, dtype=torch.bool, device=state["left"].device)
+    factors, warm, sane = {}, {}, None
     for side, dim in factored_sides(bucket):
         factor = state[side]
-        work = factor.to(dtype or factor.dtype) / correction
-        finite = work.isfinite().all(dim=-1).all(dim=-1)
-        identity = torch.eye(dim, dtype=work.dtype, device=work.device)
-        work = torch.where(finite.view(-1, 1, 1), work, identity)  # keeps the solvers away from NaN
-        basis_key = f"{side}_basis"
-        basis = None
-        try:
-            if method == "newton":
-                with matmul_precision(precision, work.device):
-                    inv_root, residual = newton_inverse_root(work, int(root), epsilon)
-                good = residual <= NEWTON_TOLERANCE
-            elif method == "eigenbasis" and basis_key in state and dtype is None:
-                inv_root, basis = eigenbasis_inverse_root(work, state[basis_key], root, epsilon, pseudo_inverse=pseudo_inverse)
-                good = torch.ones_like(finite)
-            else:
-                inv_root, basis = eigh_inverse_root(work, root, epsilon, pseudo_inverse=pseudo_inverse)
-                good = torch.ones_like(finite)
-        except RuntimeError:  # torch.linalg errors (e.g. eigh did not converge): the whole bucket failed
-            failed |= due if due is not None else torch.ones_like(failed)
-            continue
-        good = good & finite & inv_root.isfinite().all(dim=-1).all(dim=-1)
-        take = good if due is None else good & due
-        state[f"{side}_root"].copy_(torch.where(take.view(-1, 1, 1), inv_root.to(factor.dtype), state[f"{side}_root"]))
-        if method == "eigenbasis" and basis is not None:
-            previous = state.get(basis_key, torch.eye(dim, dtype=factor.dtype, device=factor.device).expand_as(factor))
-            state[basis_key] = torch.where(take.view(-1, 1, 1), basis.to(factor.dtype), previous)
-        failed |= ~good if due is None else due & ~good
-    return failed
+        if dtype is not None:
+            factor = factor.to(dtype)
+            total = factor.sum(dim=(-2, -1))
+            finite = (total - total) == 0
+            sane = finite if sane is None else sane & finite
+            identity = torch.eye(dim, dtype=dtype, device=factor.device)
+            factor = torch.where(finite.view(-1, 1, 1), factor, identity)
+        factors[side] = factor
+        if f"{side}_basis" in state and dtype is None:
+            warm[side] = state[f"{side}_basis"]
+    try:
+        roots, bases, good = _candidate_roots(bucket, factors, warm, method, root, epsilon, pseudo_inverse, correction, precision)
+    except RuntimeError:  # torch.linalg errors (e.g. eigh did not converge): the bucket's due blocks failed
+        return due.clone() if due is not None else torch.ones(bucket.size, dtype=torch.bool, device=state["left"].device)
+    if sane is not None:
+        good = good & sane
+    take = (good if due is None else good & due).view(-1, 1, 1)
+    for side, new in roots.items():
+        key = f"{side}_root"
+        state[key] = torch.where(take, new.to(state[key].dtype), state[key])
+    for side, new in bases.items():
+        key = f"{side}_basis"
+        previous = state.get(key)
+        if previous is None:
+            previous = torch.eye(new.shape[-1], dtype=new.dtype, device=new.device).expand_as(new)
+        state[key] = torch.where(take, new.to(previous.dtype), previous)
+    return ~good if due is None else due & ~good
+
+
+@dataclass
+class RootJob:
+    """One bucket's refresh in this step, waiting for the step's failure check."""
+
+    bucket: Bucket
+    state: dict
+    correction: Any
+    due: torch.Tensor | None
+    failed: torch.Tensor
+    options: dict
+    max_failures: int
+
+
+def settle_refreshes(jobs: list[RootJob]) -> None:
+    """After all of a step's refreshes: one host read of which buckets had failures, a float64
+    eigh retry of those blocks, the failure counters, and, only after a retry, a second read
+    that raises once a block failed ``max_failures`` times in a row."""
+    if not jobs:
+        return
+    any_failed = torch.stack([job.failed.any() for job in jobs]).tolist()
+    retried = []
+    for job, flag in zip(jobs, any_failed):
+        failed = job.failed
+        if flag:
+            failed = refresh_roots(job.bucket, job.state, job.correction, failed, method="eigh", dtype=torch.float64, **job.options)
+            job.state["root_failures"].add_(failed)
+            retried.append(job)
+        counters = job.state["consecutive_failures"]
+        kept = torch.zeros_like(counters) if job.due is None else torch.where(job.due, 0.0, counters)
+        counters.copy_(torch.where(failed, counters + 1, kept))
+    if not retried:
+        return
+    worst = torch.stack([job.state["consecutive_failures"].max() for job in retried]).tolist()
+    for value, job in zip(worst, retried):
+        if value >= job.max_failures:
+            n = job.bucket.block[0]
+            raise RuntimeError(
+                f"Shampoo: the inverse root of a {n}x{n} factor failed {job.max_failures} times in a row "
+                "(non-finite or ill-conditioned statistics); try a larger epsilon, factor_dtype='float64' "
+                "or pseudo_inverse=True"
+            )

@@ -36,38 +36,53 @@ NEWTON_RIDGE_FLOOR = 1e-6
 NEWTON_TOLERANCE = 1e-3  # residual max|X^p A - I| above this counts as not converged
 
 
-def _apply_root(eigenvalues, eigenvectors, root: float, epsilon: float, pseudo_inverse: bool) -> torch.Tensor:
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """bmm for stacks (one dispatched op; matmul adds expand/view ops around it), matmul otherwise."""
+    return torch.bmm(a, b) if a.dim() == 3 and b.dim() == 3 else torch.matmul(a, b)
+
+
+def _apply_root(eigenvalues, eigenvectors, root: float, epsilon: float, pseudo_inverse: bool, correction) -> torch.Tensor:
+    """V diag(w) V^T with w = c^(1/p) (lambda+ + c epsilon)^(-1/p): the root of A / c + epsilon I."""
     eigenvalues = eigenvalues.clamp_min(0.0)
-    weights = (eigenvalues + epsilon).pow(-1.0 / root)
+    weights = (eigenvalues + epsilon * correction).pow_(-1.0 / root)
+    if not isinstance(correction, float) or correction != 1.0:
+        weights.mul_(correction ** (1.0 / root))
     if pseudo_inverse:
         dim = eigenvalues.shape[-1]
         cutoff = dim * torch.finfo(eigenvalues.dtype).eps * eigenvalues.amax(dim=-1, keepdim=True)
         weights = torch.where(eigenvalues > cutoff, weights, torch.zeros_like(weights))
-    return (eigenvectors * weights.unsqueeze(-2)) @ eigenvectors.transpose(-1, -2)
+    return _mm(eigenvectors * weights.unsqueeze(-2), eigenvectors.mT)
 
 
-def eigh_inverse_root(matrix, root: float, epsilon: float, *, pseudo_inverse: bool = False):
-    """``(matrix + epsilon I)^(-1/root)`` and the eigenvectors (largest eigenvalue first)."""
+def eigh_inverse_root(matrix, root: float, epsilon: float, *, pseudo_inverse: bool = False, correction=1.0, ordered=True):
+    """``(matrix / correction + epsilon I)^(-1/root)`` and the eigenvectors.
+
+    ``correction`` is a float or a [B, 1] tensor (a bias correction per matrix). With
+    ``ordered`` the eigenvectors come largest eigenvalue first, the order subspace
+    iteration converges to, so a warm start from them is a fixed point.
+    """
     eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
-    # Largest first: the order subspace iteration converges to, so a warm start is a fixed point.
-    eigenvalues, eigenvectors = eigenvalues.flip(-1), eigenvectors.flip(-1)
-    return _apply_root(eigenvalues, eigenvectors, root, epsilon, pseudo_inverse), eigenvectors
+    if ordered:
+        eigenvalues, eigenvectors = eigenvalues.flip(-1), eigenvectors.flip(-1)
+    return _apply_root(eigenvalues, eigenvectors, root, epsilon, pseudo_inverse, correction), eigenvectors
 
 
-def eigenbasis_inverse_root(matrix, eigenvectors, root: float, epsilon: float, *, pseudo_inverse=False, iterations=1):
+def eigenbasis_inverse_root(
+    matrix, eigenvectors, root: float, epsilon: float, *, pseudo_inverse=False, correction=1.0, iterations=1
+):
     """Approximate inverse root by ``iterations`` warm-started subspace-iteration steps.
 
-    Returns the root and the refined eigenvectors (the warm start for next time).
+    Returns the root (as eigh_inverse_root) and the refined eigenvectors (the next warm start).
     """
     basis = eigenvectors
     for _ in range(iterations):
-        basis, triangle = torch.linalg.qr(matrix @ basis)
+        basis, triangle = torch.linalg.qr(_mm(matrix, basis))
     # A Q_old = Q_new R with Q_old close to the eigenbasis makes R nearly diagonal with
     # |R_ii| ~ lambda_i: the eigenvalue estimate costs no second product with A.
     eigenvalues = triangle.diagonal(dim1=-2, dim2=-1).abs()
     eigenvalues, order = eigenvalues.sort(dim=-1, descending=True)
     basis = basis.gather(-1, order.unsqueeze(-2).expand_as(basis))
-    return _apply_root(eigenvalues, basis, root, epsilon, pseudo_inverse), basis
+    return _apply_root(eigenvalues, basis, root, epsilon, pseudo_inverse, correction), basis
 
 
 def newton_inverse_root(
@@ -75,25 +90,31 @@ def newton_inverse_root(
     root: int,
     epsilon: float,
     *,
+    correction=1.0,
     iterations: int = NEWTON_ITERATIONS,
     ridge_floor: float = NEWTON_RIDGE_FLOOR,
 ):
-    """``(matrix + ridge I)^(-1/root)`` by coupled Newton, and the residual ``max|M - I|`` per matrix.
+    """``(matrix / correction + ridge I)^(-1/root)`` by coupled Newton, and the residual ``max|M - I|``.
 
-    ``root`` must be a positive integer; ridge = max(epsilon, ridge_floor * ||matrix||_F).
+    ``root`` must be a positive integer; ridge = max(epsilon, ridge_floor * ||matrix / correction||_F);
+    ``correction`` is a float or a [B, 1, 1] tensor.
     """
     n = matrix.shape[-1]
     identity = torch.eye(n, dtype=matrix.dtype, device=matrix.device)
     norm = torch.linalg.matrix_norm(matrix, keepdim=True)
-    ridged = matrix + (norm * ridge_floor).clamp_min(epsilon) * identity
-    scale = (root + 1) / (2 * torch.linalg.matrix_norm(ridged, keepdim=True).clamp_min(torch.finfo(matrix.dtype).tiny))
+    ridge = (norm * ridge_floor).clamp_min_(epsilon * correction)
+    ridged = matrix + identity * ridge
+    scale = ((root + 1) / 2) / torch.linalg.matrix_norm(ridged, keepdim=True).clamp_min_(torch.finfo(matrix.dtype).tiny)
     x = identity * scale.pow(1.0 / root)
     m = ridged * scale
+    shifted = identity * ((root + 1) / root)
     for _ in range(iterations):
-        t = (identity * (root + 1) - m) / root
-        x = x @ t
-        m = torch.linalg.matrix_power(t, root) @ m
+        t = torch.add(shifted, m, alpha=-1.0 / root)  # ((p + 1) I - M) / p
+        x = _mm(x, t)
+        m = _mm(torch.linalg.matrix_power(t, root), m)
     residual = (m - identity).abs().amax(dim=(-2, -1))
+    if not isinstance(correction, float) or correction != 1.0:
+        x = x * correction ** (1.0 / root)
     return x, residual
 
 

@@ -49,38 +49,29 @@ result. state_dict() holds this rank's buckets; save_sharded_state / load_sharde
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import torch
 
 from basinlab.optim import grafting as graft_math
+from basinlab.optim.coefficients import CoefficientTable, UnitCoefficients
 from basinlab.optim.engine import BucketedOptimizer, GroupStep
 from basinlab.optim.kronecker import (
-    ROOT_METHODS,
+    RootJob,
     graft_scales,
     init_factors,
     precondition,
     refresh_roots,
+    settle_refreshes,
     update_factors,
 )
 from basinlab.optim.layout import Bucket, flatten_diagonal, gather
 from basinlab.optim.legacy import upgrade_legacy_state
 from basinlab.optim.schedule import is_due, stagger_offsets
+from basinlab.optim.shampoo_options import check_options, factor_dtype_of
 
-FACTOR_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-NONFINITE_POLICIES = ("skip", "raise")  # raise: one host read per step, by choice
-ROOT_PRECISIONS = ("float32", "tf32")
 # Columns of the per-block coefficient table (see _coefficients).
-FACTOR_DECAY, GRAFT_DECAY, MOMENTUM_DECAY, EMA_WEIGHT, USABLE, EMA_CORRECTION, GRAFT_CORRECTION = range(7)
-
-
-def _factor_dtype(value: Any) -> torch.dtype:
-    if isinstance(value, torch.dtype) and value in FACTOR_DTYPES.values():
-        return value
-    if value in FACTOR_DTYPES:
-        return FACTOR_DTYPES[value]
-    raise ValueError(f"factor_dtype must be one of {', '.join(FACTOR_DTYPES)}, got {value!r}")
+FACTOR_DECAY, GRAFT_DECAY, MOMENTUM_DECAY, EMA_WEIGHT, USABLE, EMA_CORRECTION, GRAFT_CORRECTION, FACTOR_CORRECTION = range(8)
 
 
 class Shampoo(BucketedOptimizer):
@@ -145,66 +136,9 @@ class Shampoo(BucketedOptimizer):
         process_group: Any = None,
         distributed_group_size: int | None = None,
     ):
-        beta1, beta2 = betas
-        integral_root = root_override is None or float(root_override).is_integer()
-        checks = [
-            (lr >= 0, f"lr must be >= 0, got {lr}"),
-            (0 <= beta1 < 1, f"betas[0] must be in [0, 1), got {beta1}"),
-            (0 < beta2 <= 1, f"betas[1] must be in (0, 1], got {beta2}"),
-            (momentum >= 0, f"momentum must be >= 0, got {momentum}"),
-            (not nesterov or momentum > 0, "nesterov requires momentum > 0"),
-            (epsilon >= 0, f"epsilon must be >= 0, got {epsilon}"),
-            (weight_decay >= 0, f"weight_decay must be >= 0, got {weight_decay}"),
-            (max_preconditioner_dim >= 1, f"max_preconditioner_dim must be >= 1, got {max_preconditioner_dim}"),
-            (
-                max_vector_preconditioner_dim >= 0,
-                f"max_vector_preconditioner_dim must be >= 0, got {max_vector_preconditioner_dim}",
-            ),
-            (precondition_frequency >= 1, f"precondition_frequency must be >= 1, got {precondition_frequency}"),
-            (
-                start_preconditioning_step is None or start_preconditioning_step >= 1,
-                f"start_preconditioning_step must be >= 1 or None, got {start_preconditioning_step}",
-            ),
-            (stagger_roots in (True, False), f"stagger_roots must be True or False, got {stagger_roots!r}"),
-            (
-                grafting in graft_math.GRAFTINGS,
-                f"grafting must be one of {', '.join(graft_math.GRAFTINGS)}, got {grafting!r}",
-            ),
-            (grafting_epsilon > 0, f"grafting_epsilon must be > 0, got {grafting_epsilon}"),
-            (
-                0 <= grafting_beta2 < 1 or (grafting_beta2 == 1 and grafting != "adam"),
-                f"grafting_beta2 must be in [0, 1) (1 only without adam grafting), got {grafting_beta2}",
-            ),
-            (root_override is None or root_override > 0, f"root_override must be > 0, got {root_override}"),
-            (
-                root_method in ("auto",) + ROOT_METHODS,
-                f"root_method must be one of auto, {', '.join(ROOT_METHODS)}, got {root_method!r}",
-            ),
-            (
-                root_precision in ROOT_PRECISIONS,
-                f"root_precision must be one of {', '.join(ROOT_PRECISIONS)}, got {root_precision!r}",
-            ),
-            (
-                root_method != "newton" or not pseudo_inverse,
-                "pseudo_inverse needs root_method 'eigh' or 'eigenbasis' (newton has no eigenvalues to zero)",
-            ),
-            (
-                root_method != "newton" or integral_root,
-                f"root_method 'newton' needs an integer root_override, got {root_override}",
-            ),
-            (
-                nonfinite_grads in NONFINITE_POLICIES,
-                f"nonfinite_grads must be one of {', '.join(NONFINITE_POLICIES)}, got {nonfinite_grads!r}",
-            ),
-            (max_root_failures >= 1, f"max_root_failures must be >= 1, got {max_root_failures}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-        factor_dtype = next(k for k, v in FACTOR_DTYPES.items() if v == _factor_dtype(factor_dtype))
-        defaults = dict(
+        options = dict(
             lr=lr,
-            betas=(beta1, beta2),
+            betas=tuple(betas),
             momentum=momentum,
             nesterov=nesterov,
             epsilon=epsilon,
@@ -225,6 +159,7 @@ class Shampoo(BucketedOptimizer):
             nonfinite_grads=nonfinite_grads,
             max_root_failures=max_root_failures,
         )
+        defaults = check_options(options)
         super().__init__(
             params,
             defaults,
@@ -234,6 +169,7 @@ class Shampoo(BucketedOptimizer):
             distributed_group_size=distributed_group_size,
         )
         self._constants: dict = {}
+        self._table = CoefficientTable()
 
     # ----------------------------------------------------------------- public helpers
 
@@ -309,40 +245,19 @@ class Shampoo(BucketedOptimizer):
         start = group["start_preconditioning_step"]
         return group["precondition_frequency"] if start is None else start
 
-    def _coefficients(self, step: GroupStep, units, dtype: torch.dtype, factor_dtype: torch.dtype):
-        """Per unit: its usable-row mask, the seven per-row coefficients (FACTOR_DECAY ...) in ``dtype``
-        and the factor decay in ``factor_dtype``, shaped to broadcast against the unit ([B, 1, 1] or [N]).
-        Built for all units at once in float64 (as torch.optim's host math), then cast: a handful of ops."""
-        group, device = step.group, step.ok.device
+    def _coefficients(self, step: GroupStep, units) -> list[UnitCoefficients]:
+        group = step.group
         beta1, beta2 = group["betas"]
         gamma = group["grafting_beta2"]
-        key = (beta1, beta2, gamma, group["momentum"], device)
-        if key not in self._constants:
-            on = torch.tensor([beta2, gamma, group["momentum"], 1 - beta1, 1.0], dtype=torch.float64)
-            off = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
-            bases = torch.tensor([beta1, gamma], dtype=torch.float64)
-            self._constants[key] = tuple(t.to(device) for t in (on, off, bases))
-        on, off, bases = self._constants[key]
-        plan = self._plan()
-        index_key = ("rows", tuple(u.key for u in units), device)
-        if index_key not in self._constants:
-            self._constants[index_key] = torch.cat([plan.rows(u, device) for u in units])
-        rows = self._constants[index_key]
-        ok = step.ok[rows]
-        t = step.steps[rows].clamp_min(1.0)
-        exact = torch.cat([torch.where(ok.unsqueeze(1), on, off), 1 - torch.pow(bases, t.unsqueeze(1))], dim=1)
-        sizes = [u.size if isinstance(u, Bucket) else u.numel for u in units]
-        tables = exact.to(dtype).split(sizes)
-        decays = exact[:, FACTOR_DECAY].to(factor_dtype).split(sizes) if factor_dtype != dtype else None
-        out = []
-        for i, (unit, unit_ok, table) in enumerate(zip(units, ok.split(sizes), tables)):
-            if isinstance(unit, Bucket):
-                columns = table.view(unit.size, 7, 1, 1).unbind(1)
-                decay = decays[i].view(-1, 1, 1) if decays is not None else columns[FACTOR_DECAY]
-                out.append((unit_ok.view(-1, 1, 1), columns, decay))
-            else:
-                out.append((unit_ok, table.unbind(1), None))
-        return out
+        return self._table.build(
+            self._plan(), step, units,
+            keep=(beta2, gamma, group["momentum"]),
+            gate=(1 - beta1, 1.0),
+            corrections=(beta1, gamma, 0.0 if beta2 == 1 else beta2),  # 1 - 0^t = 1: sums need none
+            dtype=group["params"][0].dtype,
+            factor_dtype=factor_dtype_of(group["factor_dtype"]),
+            factor_columns=(FACTOR_DECAY, FACTOR_CORRECTION),
+        )
 
     def _unit_state(self, unit, group: dict[str, Any], like: torch.Tensor) -> dict[str, Any]:
         if unit.key in self.state:
@@ -350,7 +265,7 @@ class Shampoo(BucketedOptimizer):
         shape = (unit.size, *unit.block) if isinstance(unit, Bucket) else (unit.numel,)
         state: dict[str, Any] = {}
         if isinstance(unit, Bucket):
-            state.update(init_factors(unit, _factor_dtype(group["factor_dtype"]), like.device))
+            state.update(init_factors(unit, factor_dtype_of(group["factor_dtype"]), like.device))
             state["root_failures"] = torch.zeros(unit.size, device=like.device)
             state["consecutive_failures"] = torch.zeros(unit.size, device=like.device)
             state["refreshes"] = (0,) * unit.size
@@ -370,24 +285,23 @@ class Shampoo(BucketedOptimizer):
         if not units:
             return
         params = group["params"]
-        coefficients = self._coefficients(step, units, params[0].dtype, _factor_dtype(group["factor_dtype"]))
+        coefficients = self._coefficients(step, units)
         grads, states = [], []
-        for unit, (ok, _, _) in zip(units, coefficients):
+        for unit, c in zip(units, coefficients):
             like = params[unit.tiles[0].param if isinstance(unit, Bucket) else unit.params[0]]
             raw = gather(unit, step.grads) if isinstance(unit, Bucket) else flatten_diagonal(unit, step.grads)
-            grads.append(torch.where(ok, raw, 0.0))
+            grads.append(torch.where(c.usable, raw, self._table.zero(raw)))
             states.append(self._unit_state(unit, group, like))
         beta1, beta2 = group["betas"]
-        for unit, state, grad, (_, _, decay) in zip(units, states, grads, coefficients):
-            if isinstance(unit, Bucket):
-                update_factors(unit, state, grad, decay if beta2 < 1 else None, beta2)
+        matrix = [(u, s, g, c.factor_columns[0]) for u, s, g, c in zip(units, states, grads, coefficients) if isinstance(u, Bucket)]
+        if matrix:
+            buckets, bucket_states, bucket_grads, decays = zip(*matrix)
+            update_factors(buckets, bucket_states, bucket_grads, decays if beta2 < 1 else None, beta2)
         if beta1 > 0:
-            graft_math.update_average([s["grad_ema"] for s in states], grads, [c[EMA_WEIGHT] for _, c, _ in coefficients])
+            graft_math.update_average([s["grad_ema"] for s in states], grads, [c.columns[EMA_WEIGHT] for c in coefficients])
         if graft_math.has_accumulator(group["grafting"]):
-            graft_math.accumulate(
-                [s["graft_acc"] for s in states], grads, [c[GRAFT_DECAY] for _, c, _ in coefficients],
-                group["grafting"], group["grafting_beta2"],
-            )
+            decays = [c.columns[GRAFT_DECAY] for c in coefficients]
+            graft_math.accumulate([s["graft_acc"] for s in states], grads, decays, group["grafting"], group["grafting_beta2"])
         step.scratch.update(grads=grads, states=states, coefficients=coefficients)
 
     def _raise_on_nonfinite(self, step: GroupStep) -> None:
@@ -402,71 +316,37 @@ class Shampoo(BucketedOptimizer):
 
     # ----------------------------------------------------------------- roots
 
-    def _row_flags(self, step: GroupStep, bucket: Bucket, test) -> bool | torch.Tensor:
-        """True/False when ``test(host step)`` holds for all/none of the bucket's stepping rows, else a mask."""
-        flags = tuple(step.present[p] and test(step.host_steps[p]) for p in bucket.row_params())
-        if all(flags):
-            return True
-        if not any(flags):
-            return False
-        return self._mask(flags, step.ok.device)
+    def _row_flags(self, step: GroupStep, bucket: Bucket, test) -> tuple[bool, ...]:
+        """Per stacked block: its parameter has a gradient this step and ``test(its host step)`` holds."""
+        return tuple(step.present[p] and test(step.host_steps[p]) for p in bucket.row_params())
+
+    def _as_mask(self, flags: tuple[bool, ...], device: torch.device) -> torch.Tensor | None:
+        """None when every flag is set (the common case: no mask op), else a cached device mask."""
+        return None if all(flags) else self._mask(flags, device)
 
     def _refresh(self, steps: list[GroupStep]) -> None:
-        """Recompute the due roots of every group; then one read of who failed, a float64 retry of
-        those, and (only after a retry) one read of the consecutive-failure counters."""
-        pending = []
+        """Recompute the due roots of every group, then settle failures for the whole step at once."""
+        jobs = []
         for step in steps:
             group = step.group
             start, frequency = self._start(group), group["precondition_frequency"]
-            root_method = self._root_method(group, step.ok.device)
-            for unit, state in zip(step.owned, step.scratch.get("states", ())):
+            method = self._root_method(group, step.ok.device)
+            for unit, state, c in zip(step.owned, step.scratch.get("states", ()), step.scratch.get("coefficients", ())):
                 if not isinstance(unit, Bucket):
                     continue
                 offset = self._offset(unit)
-                due = self._row_flags(step, unit, lambda t: is_due(t, start, frequency, offset))
-                if due is False:
+                flags = self._row_flags(step, unit, lambda t: is_due(t, start, frequency, offset))
+                if not any(flags):
                     continue
-                due = None if due is True else due
-                root = group["root_override"] or 2 * unit.order
-                options = dict(root=root, epsilon=group["epsilon"], pseudo_inverse=group["pseudo_inverse"])
-                correction = self._factor_correction(step, unit, state["left"].dtype)
-                failed = refresh_roots(
-                    unit, state, correction, due, method=root_method, precision=group["root_precision"], **options
+                due = self._as_mask(flags, step.ok.device)
+                options = dict(
+                    root=group["root_override"] or 2 * unit.order, epsilon=group["epsilon"], pseudo_inverse=group["pseudo_inverse"]
                 )
-                rows = unit.row_params()
-                flags = [True] * unit.size if due is None else [step.present[p] and is_due(step.host_steps[p], start, frequency, offset) for p in rows]
+                correction = c.factor_columns[1] if group["betas"][1] < 1 else 1.0
+                failed = refresh_roots(unit, state, correction, due, method=method, precision=group["root_precision"], **options)
                 state["refreshes"] = tuple(n + f for n, f in zip(state["refreshes"], flags))
-                pending.append((unit, state, correction, due, failed, options, group))
-        if not pending:
-            return
-        any_failed = torch.stack([failed.any() for *_, failed, _, _ in pending]).tolist()  # the one read
-        retried = False
-        for (unit, state, correction, due, failed, options, group), flag in zip(pending, any_failed):
-            if flag:
-                retried = True
-                failed = refresh_roots(unit, state, correction, failed, method="eigh", dtype=torch.float64, **options)
-                state["root_failures"].add_(failed)
-            counters = state["consecutive_failures"]
-            reset = counters if due is None else torch.where(due, 0.0, counters)
-            counters.copy_(torch.where(failed, counters + 1, 0.0 if due is None else reset))
-        if retried:
-            limits = [(state["consecutive_failures"].max(), group["max_root_failures"], unit) for unit, state, *_, group in pending]
-            worst = torch.stack([m for m, _, _ in limits]).tolist()  # the second read, after a retry only
-            for value, (_, limit, unit) in zip(worst, limits):
-                if value >= limit:
-                    raise RuntimeError(
-                        f"Shampoo: the inverse root of a {unit.block[0]}x{unit.block[0]} factor failed {limit} times in a "
-                        "row (non-finite or ill-conditioned statistics); try a larger epsilon, factor_dtype='float64' "
-                        "or pseudo_inverse=True"
-                    )
-
-    def _factor_correction(self, step: GroupStep, bucket: Bucket, dtype: torch.dtype):
-        """1 - beta2^t per block ([B, 1, 1], float64 math), or 1 for plain sums."""
-        beta2 = step.group["betas"][1]
-        if beta2 == 1:
-            return 1.0
-        t = step.steps[self._plan().rows(bucket, step.ok.device)].clamp_min(1.0)
-        return (1 - torch.pow(beta2, t)).to(dtype).view(-1, 1, 1)
+                jobs.append(RootJob(unit, state, correction, due, failed, options, group["max_root_failures"]))
+        settle_refreshes(jobs)
 
     @staticmethod
     def _root_method(group: dict[str, Any], device: torch.device) -> str:
@@ -483,35 +363,35 @@ class Shampoo(BucketedOptimizer):
         if not units:
             return []
         grads, states, coefficients = step.scratch["grads"], step.scratch["states"], step.scratch["coefficients"]
-        oks = [c[USABLE] for _, c, _ in coefficients]
+        usable = [c.columns[USABLE] for c in coefficients]
         if group["betas"][0] > 0:
-            moments = torch._foreach_div([s["grad_ema"] for s in states], [c[EMA_CORRECTION] for _, c, _ in coefficients])
+            moments = torch._foreach_div([s["grad_ema"] for s in states], [c.columns[EMA_CORRECTION] for c in coefficients])
         else:
             moments = grads
+        corrections = [c.columns[GRAFT_CORRECTION] for c in coefficients]
         accumulators = [s.get("graft_acc") for s in states]
-        directions = list(graft_math.directions(
-            moments, accumulators, [c[GRAFT_CORRECTION] for _, c, _ in coefficients], group["grafting"], group["grafting_epsilon"]
-        ))
+        grafted = graft_math.directions(moments, accumulators, corrections, group["grafting"], group["grafting_epsilon"])
+        directions = list(grafted)
         start = self._start(group)
         chosen = []
         for i, unit in enumerate(units):
             if isinstance(unit, Bucket):
-                started = self._row_flags(step, unit, lambda t: t >= start)
-                if started is not False:
-                    chosen.append((i, started, precondition(unit, states[i], moments[i])))
+                flags = self._row_flags(step, unit, lambda t: t >= start)
+                if any(flags):
+                    chosen.append((i, self._as_mask(flags, step.ok.device), precondition(unit, states[i], moments[i])))
         if chosen:
             preconditioned = [d for *_, d in chosen]
             if group["grafting"] != "none":
                 torch._foreach_mul_(preconditioned, graft_scales(preconditioned, [directions[i] for i, *_ in chosen]))
             for (i, started, _), d in zip(chosen, preconditioned):
                 d = d.to(directions[i].dtype)
-                directions[i] = d if started is True else torch.where(started.view(-1, 1, 1), d, directions[i])
-        directions = torch._foreach_mul(directions, oks)
+                directions[i] = d if started is None else torch.where(started.view(-1, 1, 1), d, directions[i])
+        directions = torch._foreach_mul(directions, usable)
         if group["momentum"] > 0:
             buffers = [s["momentum_buffer"] for s in states]
-            decays = [c[MOMENTUM_DECAY] for _, c, _ in coefficients]
+            decays = [c.columns[MOMENTUM_DECAY] for c in coefficients]
             directions = graft_math.apply_momentum(buffers, directions, decays, group["momentum"], group["nesterov"])
-            directions = torch._foreach_mul(directions, oks)
+            directions = torch._foreach_mul(directions, usable)
         return directions
 
     # ----------------------------------------------------------------- checkpoints
