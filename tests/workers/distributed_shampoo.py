@@ -31,6 +31,10 @@ CONFIGS = {
         factor_dtype="float64", precondition_frequency=2, start_preconditioning_step=3,
     ),
     "rmsprop_whole": dict(lr=0.01, grafting="rmsprop", max_preconditioner_dim=100, precondition_frequency=4),
+    "newton_staggered": dict(
+        lr=0.02, root_method="newton", stagger_roots=True, max_preconditioner_dim=4, precondition_frequency=3,
+        epsilon=1e-6,
+    ),
 }
 
 
