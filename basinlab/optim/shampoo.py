@@ -54,25 +54,15 @@ from typing import Any
 import torch
 
 from basinlab.optim import grafting as graft_math
+from basinlab.optim import shampoo_math
 from basinlab.optim.coefficients import CoefficientTable, UnitCoefficients
 from basinlab.optim.engine import BucketedOptimizer, GroupStep
-from basinlab.optim.kronecker import (
-    RootJob,
-    graft_scales,
-    init_factors,
-    precondition,
-    refresh_roots,
-    settle_refreshes,
-    update_factors,
-)
+from basinlab.optim.kronecker import RootJob, init_factors, refresh_roots, settle_refreshes
 from basinlab.optim.layout import Bucket, flatten_diagonal, gather
 from basinlab.optim.legacy import upgrade_legacy_state
 from basinlab.optim.schedule import is_due, stagger_offsets
+from basinlab.optim.shampoo_math import FACTOR_CORRECTION, FACTOR_DECAY, GroupSettings
 from basinlab.optim.shampoo_options import check_options, factor_dtype_of
-
-# Columns of the per-block coefficient table (see _coefficients).
-FACTOR_DECAY, GRAFT_DECAY, MOMENTUM_DECAY, EMA_WEIGHT, USABLE, EMA_CORRECTION, GRAFT_CORRECTION, FACTOR_CORRECTION = range(8)
-
 
 class Shampoo(BucketedOptimizer):
     """Blocked, grafted Shampoo (see the module docstring for the exact update).
@@ -100,6 +90,8 @@ class Shampoo(BucketedOptimizer):
         nonfinite_grads: "skip" (count and skip the parameter's step) or "raise"
             (FloatingPointError; costs one host read per step).
         max_root_failures: consecutive failed roots of one block before raising.
+        torch_compile: run the per-group statistics and direction math through torch.compile
+            (compiled once per layout; root refreshes stay eager).
         distributed, communication_dtype, process_group, distributed_group_size: see
             distribution.py (split the bucket work across data-parallel ranks).
     """
@@ -131,6 +123,7 @@ class Shampoo(BucketedOptimizer):
         pseudo_inverse: bool = False,
         nonfinite_grads: str = "skip",
         max_root_failures: int = 10,
+        torch_compile: bool = False,
         distributed: bool | None = None,
         communication_dtype: str = "float32",
         process_group: Any = None,
@@ -170,6 +163,10 @@ class Shampoo(BucketedOptimizer):
         )
         self._constants: dict = {}
         self._table = CoefficientTable()
+        if torch_compile not in (True, False):
+            raise ValueError(f"torch_compile must be True or False, got {torch_compile!r}")
+        self._torch_compile = torch_compile
+        self._compiled: dict = {}
 
     # ----------------------------------------------------------------- public helpers
 
@@ -286,23 +283,25 @@ class Shampoo(BucketedOptimizer):
             return
         params = group["params"]
         coefficients = self._coefficients(step, units)
-        grads, states = [], []
-        for unit, c in zip(units, coefficients):
+        raw, states = [], []
+        for unit in units:
             like = params[unit.tiles[0].param if isinstance(unit, Bucket) else unit.params[0]]
-            raw = gather(unit, step.grads) if isinstance(unit, Bucket) else flatten_diagonal(unit, step.grads)
-            grads.append(torch.where(c.usable, raw, self._table.zero(raw)))
+            raw.append(gather(unit, step.grads) if isinstance(unit, Bucket) else flatten_diagonal(unit, step.grads))
             states.append(self._unit_state(unit, group, like))
-        beta1, beta2 = group["betas"]
-        matrix = [(u, s, g, c.factor_columns[0]) for u, s, g, c in zip(units, states, grads, coefficients) if isinstance(u, Bucket)]
-        if matrix:
-            buckets, bucket_states, bucket_grads, decays = zip(*matrix)
-            update_factors(buckets, bucket_states, bucket_grads, decays if beta2 < 1 else None, beta2)
-        if beta1 > 0:
-            graft_math.update_average([s["grad_ema"] for s in states], grads, [c.columns[EMA_WEIGHT] for c in coefficients])
-        if graft_math.has_accumulator(group["grafting"]):
-            decays = [c.columns[GRAFT_DECAY] for c in coefficients]
-            graft_math.accumulate([s["graft_acc"] for s in states], grads, decays, group["grafting"], group["grafting_beta2"])
-        step.scratch.update(grads=grads, states=states, coefficients=coefficients)
+        settings = self._settings(group, units)
+        grads = self._math("statistics")(
+            settings,
+            raw,
+            [c.usable for c in coefficients],
+            [c.columns for c in coefficients],
+            [c.factor_columns[0] if c.factor_columns else None for c in coefficients],
+            self._table.zero(raw[0]),
+            [s.get("left") for s in states],
+            [s.get("right") for s in states],
+            [s.get("grad_ema") for s in states],
+            [s.get("graft_acc") for s in states],
+        )
+        step.scratch.update(grads=grads, states=states, coefficients=coefficients, settings=settings)
 
     def _raise_on_nonfinite(self, step: GroupStep) -> None:
         """nonfinite_grads='raise': one host read per step, by the user's choice."""
@@ -359,40 +358,45 @@ class Shampoo(BucketedOptimizer):
     # ----------------------------------------------------------------- directions
 
     def _directions(self, step: GroupStep) -> list[torch.Tensor]:
-        group, units = step.group, step.owned
-        if not units:
+        if not step.owned:
             return []
-        grads, states, coefficients = step.scratch["grads"], step.scratch["states"], step.scratch["coefficients"]
-        usable = [c.columns[USABLE] for c in coefficients]
-        if group["betas"][0] > 0:
-            moments = torch._foreach_div([s["grad_ema"] for s in states], [c.columns[EMA_CORRECTION] for c in coefficients])
-        else:
-            moments = grads
-        corrections = [c.columns[GRAFT_CORRECTION] for c in coefficients]
-        accumulators = [s.get("graft_acc") for s in states]
-        grafted = graft_math.directions(moments, accumulators, corrections, group["grafting"], group["grafting_epsilon"])
-        directions = list(grafted)
-        start = self._start(group)
-        chosen = []
-        for i, unit in enumerate(units):
-            if isinstance(unit, Bucket):
-                flags = self._row_flags(step, unit, lambda t: t >= start)
-                if any(flags):
-                    chosen.append((i, self._as_mask(flags, step.ok.device), precondition(unit, states[i], moments[i])))
-        if chosen:
-            preconditioned = [d for *_, d in chosen]
-            if group["grafting"] != "none":
-                torch._foreach_mul_(preconditioned, graft_scales(preconditioned, [directions[i] for i, *_ in chosen]))
-            for (i, started, _), d in zip(chosen, preconditioned):
-                d = d.to(directions[i].dtype)
-                directions[i] = d if started is None else torch.where(started.view(-1, 1, 1), d, directions[i])
-        directions = torch._foreach_mul(directions, usable)
-        if group["momentum"] > 0:
-            buffers = [s["momentum_buffer"] for s in states]
-            decays = [c.columns[MOMENTUM_DECAY] for c in coefficients]
-            directions = graft_math.apply_momentum(buffers, directions, decays, group["momentum"], group["nesterov"])
-            directions = torch._foreach_mul(directions, usable)
-        return directions
+        start = self._start(step.group)
+        started = []
+        for unit in step.owned:
+            flags = self._row_flags(step, unit, lambda t: t >= start) if isinstance(unit, Bucket) else (False,)
+            started.append(any(flags) and (self._as_mask(flags, step.ok.device) if not all(flags) else True))
+        states = step.scratch["states"]
+        return self._math("directions")(
+            step.scratch["settings"],
+            tuple(started),
+            step.scratch["grads"],
+            [c.columns for c in step.scratch["coefficients"]],
+            [s.get("left_root") for s in states],
+            [s.get("right_root") for s in states],
+            [s.get("grad_ema") for s in states],
+            [s.get("graft_acc") for s in states],
+            [s.get("momentum_buffer") for s in states],
+        )
+
+    def _settings(self, group: dict[str, Any], units) -> GroupSettings:
+        return GroupSettings(
+            sides=tuple(u.sides if isinstance(u, Bucket) else None for u in units),
+            betas=tuple(group["betas"]),
+            grafting=group["grafting"],
+            grafting_beta2=group["grafting_beta2"],
+            grafting_epsilon=group["grafting_epsilon"],
+            momentum=group["momentum"],
+            nesterov=group["nesterov"],
+        )
+
+    def _math(self, name: str):
+        """shampoo_math's ``name``, compiled once per optimizer with torch_compile=True."""
+        function = getattr(shampoo_math, name)
+        if not self._torch_compile:
+            return function
+        if name not in self._compiled:
+            self._compiled[name] = torch.compile(function, dynamic=False)
+        return self._compiled[name]
 
     # ----------------------------------------------------------------- checkpoints
 
