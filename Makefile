@@ -20,6 +20,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install -c constraints.txt -e ".[bench]"
 	$(BIN)/python benchmarks/batching.py
 	$(BIN)/python benchmarks/mnist_recipe_speed.py
 	$(BIN)/python benchmarks/optimizer_step.py

@@ -1,42 +1,39 @@
-"""One short GPU session: are Shampoo and the sparsity preconditioner correct on CUDA, and what do they cost there.
+"""One short GPU session for Shampoo: correct on CUDA, free of host syncs, and what it costs there.
 
-Run from the repository root (basinlab need not be installed):
+Run from the repository root (basinlab need not be installed), about 6 minutes on one H200:
 
     PYTHONPATH=. python3 benchmarks/gpu_check.py [--device cuda] [--output FILE] [--quick]
-        [--sections correctness eigh sparsity step-time] [--matmul-precision highest|high]
+        [--sections correctness sync roots step-time] [--matmul-precision highest|high]
 
 Sections, cheapest first; each is independent (one that raises prints its traceback and the
 others still run) and prints its rows as it goes and its wall time; the JSON (``--output``)
 is rewritten atomically after every row, so a run cut short keeps what it measured.
 
 1. correctness. The same small seeded model twice, one copy on the CPU and one on the
-   device, trains 30 steps on identical fixed batches with each option set below; printed:
-   max over parameters of ||p_cpu - p_dev|| / ||p_cpu||, and whether the two optimizers'
-   state dicts agree in keys, tensor shapes and dtypes and in every counter. Also a hand-off:
-   15 steps on the device, ``state_dict()`` saved and loaded with ``map_location="cpu"`` into
-   a fresh CPU optimizer (its state must land on the CPU with the same structure), 15 more
-   on the CPU, compared with the all-CPU run. float64 (model, data and Shampoo factors: a
-   float32 factor would bound the agreement at float32 round-off) passes below 1e-9;
-   float32 below 1e-3, next to the CPU's own float32-vs-float64 difference for scale.
-   TF32 is off here (cuDNN convolutions use it by default). The model is built so the
-   comparison measures the code, not ill-conditioning: tanh (a ReLU kink flipped by
-   round-off changes a gradient by a whole term), and roots start at step 10, when every
-   Kronecker factor has seen enough gradients to be full rank (the eigenvectors of a
-   singular factor's null space, scaled by epsilon^(-1/p), are round-off themselves).
-2. eigh. N symmetric positive-definite d x d matrices: one batched ``torch.linalg.eigh`` vs
-   a Python loop of single calls (how Shampoo computes roots, one factor at a time), and the
-   loop of Shampoo's two root functions (eigh vs the warm-started eigenbasis QR step), float32
-   and float64, ms per matrix.
-3. sparsity. ``SparsityPreconditioned`` vs its torch base (sgd+momentum, AdamW) on BERT-small:
-   benchmarks/sparsity.py's interleaved windows, whole training steps and step() alone.
-4. step-time. Shampoo vs AdamW per training step on BERT-mini/-small/-base (vocab 8192,
-   batch 32 x 128; f = 10, and 100 for base): benchmarks/optimizer_step.py's measurement
-   (interleaved windows of whole multiples of f, bounded by a time budget per row; profiler
-   shares of GPU kernel time inside step()); ``max_preconditioner_dim`` 1024.
+   device, trains 30 steps on identical fixed batches with each option set below (every
+   root method, staggered roots, blocks, grafting kinds); printed: max over parameters of
+   ||p_cpu - p_dev|| / ||p_cpu||, and whether the two optimizers' state dicts agree in
+   keys, tensor shapes and dtypes and in every counter. Also a hand-off: 15 steps on the
+   device, ``state_dict()`` loaded with ``map_location="cpu"`` into a fresh CPU optimizer,
+   15 more on the CPU, compared with the all-CPU run. float64 (model, data and factors)
+   passes below 1e-9, float32 below 1e-3. TF32 is off here. The model is built so the
+   comparison measures the code, not ill-conditioning: tanh, and roots from step 10, when
+   every factor is full rank.
+2. sync. BERT-mini on the device, each root method: steps that recompute no root run under
+   ``torch.cuda.set_sync_debug_mode("error")`` (any synchronising call raises); steps that
+   do are counted in "warn" mode (eigh's cuSOLVER error check syncs once per bucket; newton
+   only for the one failure check). Also the census of aten ops and host reads per step.
+3. roots. N symmetric positive-definite d x d factors: ms per matrix of the batched eigh,
+   the warm-started eigenbasis step and coupled Newton (float32 and TF32), and Newton's
+   accuracy against float64 eigh on gradient-like directions.
+4. step-time. Shampoo (each root method) vs AdamW per training step on BERT-mini/-small/
+   -base (vocab 8192, batch 32 x 128) at f = 10 and 100: benchmarks/optimizer_step.py's
+   measurement, plus the roots' share of the amortized step: (root step() - plain step())
+   / f over the whole step; and, on the first row, newton with ``torch_compile=True``.
 
 ``--quick`` runs every section at toy sizes (BERT "tiny", vocab 512): ``--device cpu
---quick`` is a self-test of this script in seconds. The exit status is 1 when a correctness
-check fails or a section raises.
+--quick`` is a self-test of this script in a minute. The exit status is 1 when a
+correctness or sync check fails or a section raises.
 """
 
 from __future__ import annotations
@@ -57,17 +54,24 @@ from typing import Any, Callable, Iterator
 
 import optimizer_step  # first: it sets KINETO_LOG_LEVEL before torch is imported
 from optimizer_step import synchronize
-import sparsity as sparsity_bench
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 from basinlab.atomic import atomic_write_json  # noqa: E402
-from basinlab.optim import Shampoo, SparsityPreconditioned  # noqa: E402
-from basinlab.optim.matrix_functions import eigenbasis_inverse_root, eigh_inverse_root  # noqa: E402
+from basinlab.optim import Shampoo  # noqa: E402
+from basinlab.optim.census import StepCensus  # noqa: E402
+from basinlab.optim.roots import (  # noqa: E402
+    NEWTON_RIDGE_FLOOR,
+    eigenbasis_inverse_root,
+    eigh_inverse_root,
+    matmul_precision,
+    newton_inverse_root,
+)
 
-SECTIONS = ("correctness", "eigh", "sparsity", "step-time")
+SECTIONS = ("correctness", "sync", "roots", "step-time")
+ROOT_METHODS = ("eigh", "eigenbasis", "newton")
 TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-3}
 BATCH = 64  # > every factor's dim: with start_preconditioning_step 10 every factor is full rank
 ROOT_START, ROOT_EVERY = 10, 5
@@ -85,13 +89,7 @@ SHAMPOO_SETS = {
         lr=5e-2, grafting="adagrad", betas=(0.0, 0.99), pseudo_inverse=True, root_override=2, max_preconditioner_dim=20
     ),
     "nograft+momentum": dict(lr=1e-3, grafting="none", momentum=0.9),
-}
-# One set per exponent code path (beta 1, 2, 0.5 = sqrt, 1.5 = pow).
-SPARSITY_SETS = {
-    "sgd+nesterov+wd,b=1": dict(lr=0.5, base="sgd", momentum=0.9, nesterov=True, beta=1.0, weight_decay=0.01),
-    "sgd+momentum+floor,b=2": dict(lr=1.0, base="sgd", momentum=0.9, beta=2.0, floor=1e-3),
-    "adam+wd+vectors,b=0.5": dict(lr=1e-2, base="adam", beta=0.5, weight_decay=0.01, precondition_vectors=True),
-    "adam+floor,b=1.5": dict(lr=1e-2, base="adam", beta=1.5, floor=1e-2),
+    "newton+staggered+blocks16": dict(lr=1e-2, root_method="newton", stagger_roots=True, max_preconditioner_dim=16),
 }
 
 
@@ -100,33 +98,27 @@ class Plan:
     """Sizes of every section: the GPU run, or --quick."""
 
     correctness_steps: int
-    eigh_shapes: tuple[tuple[int, int], ...]  # (count, dim)
+    sync: tuple[str, int]  # (preset, steps)
+    root_shapes: tuple[tuple[int, int], ...]  # (count, dim)
     bert: dict[str, tuple[int, int, int]]  # preset -> (batch, seq, vocab)
-    sparsity: tuple[str, int, int]  # (preset, steps, windows)
-    # (preset, f, steps per window or None = optimizer_step's 2 x f, windows, budget s, profile)
-    step_rows: tuple[tuple[str, int, int | None, int, float, bool], ...]
+    step_rows: tuple[tuple[str, int, int], ...]  # (preset, f, windows)
 
 
-# Rough H100 estimate: correctness ~15 s, eigh ~20 s, sparsity ~15 s, step-time 60-110 s (a
-# BERT-base root step is 260 eighs of 768/1024, 4-10 s each time; the budgets cap the windows).
+# Estimated on an H200 from the 2026-11-28 session (eigh ~10 ms per 1024^2 matrix; a BERT-base
+# eigh root step ~260 factors): correctness ~20 s, sync ~20 s, roots ~20 s, step-time ~4 min.
 FULL = Plan(
     correctness_steps=30,
-    eigh_shapes=((16, 1024), (48, 768)),
+    sync=("mini", 12),
+    root_shapes=((16, 1024), (48, 768)),
     bert={"mini": (32, 128, 8192), "small": (32, 128, 8192), "base": (32, 128, 8192)},
-    sparsity=("small", 10, 5),
-    step_rows=(
-        ("mini", 10, None, 3, 15.0, True),
-        ("small", 10, None, 3, 20.0, True),
-        ("base", 10, 10, 2, 25.0, True),
-        ("base", 100, 100, 1, 40.0, False),  # timed only: the f=10 row profiles the same steps
-    ),
+    step_rows=(("mini", 10, 3), ("small", 10, 3), ("base", 10, 2), ("base", 100, 1)),
 )
 QUICK = Plan(
     correctness_steps=30,
-    eigh_shapes=((4, 64),),
+    sync=("tiny", 6),
+    root_shapes=((4, 64),),
     bert={"tiny": (2, 32, 512)},
-    sparsity=("tiny", 2, 1),
-    step_rows=(("tiny", 2, 2, 1, 5.0, True), ("tiny", 4, 4, 1, 5.0, False)),
+    step_rows=(("tiny", 2, 1), ("tiny", 4, 1)),
 )
 
 
@@ -256,7 +248,7 @@ def compare_runs(cls, options: dict, dtype: torch.dtype, device: torch.device, b
         "handoff_state_difference": structure_difference(reference, state_structure(resumed_opt)),
         "handoff_state_on_cpu": state_on_cpu(resumed_opt),
         "tolerance": TOLERANCE[dtype],
-        "diagnostics": dev_opt.diagnostics() if isinstance(dev_opt, Shampoo) else None,
+        "diagnostics": dev_opt.diagnostics(),
     }
     row["state_ok"] = (
         row["state_difference"] is None and row["handoff_state_difference"] is None and row["handoff_state_on_cpu"]
@@ -271,14 +263,13 @@ def correctness_rows(device: torch.device, plan: Plan) -> Iterator[dict[str, Any
     half = plan.correctness_steps // 2
     schedule = dict(precondition_frequency=ROOT_EVERY, start_preconditioning_step=ROOT_START)
     sets = [("shampoo", name, Shampoo, {**schedule, **options}) for name, options in SHAMPOO_SETS.items()]
-    sets += [("sparsity", name, SparsityPreconditioned, options) for name, options in SPARSITY_SETS.items()]
     print(
         f"{'optimizer':<9} {'option set':<31} {'dtype':<7} {'cpu vs dev':>10} {'handoff':>9} "
         f"{'f32 vs f64':>10} {'state':>5} {'limit':>7}  verdict"
     )
     with full_fp32():
         for kind, name, cls, options in sets:
-            float64_options = {**options, "factor_dtype": "float64"} if cls is Shampoo else options
+            float64_options = {**options, "factor_dtype": "float64"}
             reference64, row = compare_runs(cls, float64_options, torch.float64, device, batches, half)
             model32, row32 = compare_runs(cls, options, torch.float32, device, batches, half)
             row32["cpu_f32_vs_f64"] = max_relative_difference(reference64, model32)
@@ -302,12 +293,65 @@ def correctness_rows(device: torch.device, plan: Plan) -> Iterator[dict[str, Any
     )
 
 
-# --- 2. eigh -------------------------------------------------------------------------------
+# --- 2. sync ------------------------------------------------------------------------------
+
+
+def sync_rows(device: torch.device, plan: Plan) -> Iterator[dict[str, Any]]:
+    """Per root method: no synchronising call on steps without a root refresh ("error" mode), and
+    how many a refresh step makes ("warn" mode), with the census of ops and host reads."""
+    import warnings
+
+    preset, steps = plan.sync
+    work = workload(preset, device, plan)
+    cuda = device.type == "cuda"
+    print(f"{'root method':<11} {'plain steps':>11} {'sync-free':>9} {'plain ops':>9} {'reads':>5} | "
+          f"{'root ops':>8} {'reads':>5} {'syncs':>5}  verdict")
+    for method in ROOT_METHODS:
+        model = copy.deepcopy(work.model).train()
+        optimizer = Shampoo(model.parameters(), lr=1e-4, precondition_frequency=4, start_preconditioning_step=2,
+                            root_method=method)
+        plain, root, clean, syncs = [], [], True, 0
+        for t in range(1, steps + 1):
+            optimizer.zero_grad(set_to_none=True)
+            work.loss(model).backward()
+            synchronize(device)
+            refresh = t >= 2 and (t - 2) % 4 == 0
+            with warnings.catch_warnings(record=True) as caught, StepCensus() as census:
+                warnings.simplefilter("always")
+                if cuda and t > 2:
+                    torch.cuda.set_sync_debug_mode("warn" if refresh else "error")
+                try:
+                    optimizer.step()
+                except RuntimeError as error:
+                    clean = False
+                    print(f"    {method} step {t}: {str(error).splitlines()[0]}")
+                finally:
+                    if cuda:
+                        torch.cuda.set_sync_debug_mode("default")
+            if t > 2:
+                (root if refresh else plain).append((census.ops, census.reads))
+                if refresh:
+                    syncs = max(syncs, sum("synchroniz" in str(w.message) for w in caught))
+        reads_ok = all(r == 0 for _, r in plain) and all(r <= 2 for _, r in root)
+        row = {"root_method": method, "plain_steps": len(plain), "sync_free": clean, "reads_ok": reads_ok,
+               "plain_ops": max(o for o, _ in plain), "plain_reads": max(r for _, r in plain),
+               "root_ops": max(o for o, _ in root), "root_reads": max(r for _, r in root),
+               "root_syncs": syncs if cuda else None, "checked_on_device": cuda}
+        row["pass"] = clean and reads_ok
+        print(f"{method:<11} {row['plain_steps']:>11} {'yes' if clean else 'NO':>9} {row['plain_ops']:>9} "
+              f"{row['plain_reads']:>5} | {row['root_ops']:>8} {row['root_reads']:>5} "
+              f"{syncs if cuda else '-':>5}  {'PASS' if row['pass'] else 'FAIL'}")
+        yield row
+    print("plain: steps without a root refresh, run under set_sync_debug_mode('error') on CUDA; root: refresh steps "
+          "in 'warn' mode (syncs = synchronising calls warned about); ops/reads: StepCensus (max over steps)")
+
+
+# --- 3. roots ------------------------------------------------------------------------------
 
 
 def timed(fn: Callable[[Any], Any], stack: torch.Tensor, device: torch.device, budget_s: float = 1.0):
-    """(median ms of ``fn(stack)``, its last result): warmed up on two matrices (solver handles,
-    workspaces), then repeated 1 to 3 times, as many as fit the budget after the first."""
+    """(median ms of ``fn(stack)``, its last result): warmed up on two matrices, then repeated 1 to 3
+    times, as many as fit the budget after the first."""
     fn(stack[:2])
     times, result = [], None
     while not times or (len(times) < 3 and sum(times) + times[0] <= budget_s):
@@ -319,49 +363,45 @@ def timed(fn: Callable[[Any], Any], stack: torch.Tensor, device: torch.device, b
     return statistics.median(times) * 1e3, result
 
 
-def spd_stack(count: int, dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Well-conditioned SPD matrices X X^T / (2 dim) + 1e-3 I, like a Kronecker factor with ample statistics."""
+def factor_stack(count: int, dim: int, device: torch.device) -> torch.Tensor:
+    """Rank-deficient SPD factors like early Shampoo statistics: G G^T of dim x dim/2 gradients."""
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(count, dim, 2 * dim, generator=generator, dtype=torch.float64)
-    return (x @ x.transpose(-1, -2) / (2 * dim) + 1e-3 * torch.eye(dim, dtype=torch.float64)).to(device, dtype)
+    x = torch.randn(count, dim, dim // 2, generator=generator)
+    return (x @ x.mT / dim).to(device)
 
 
-def eigh_rows(device: torch.device, plan: Plan) -> Iterator[dict[str, Any]]:
-    print(
-        f"{'N x d':<11} {'dtype':<7} {'batched ms':>10} {'loop ms':>9} {'loop/batched':>12} | "
-        f"{'eigh root':>9} {'eigenbasis':>10} {'eigh/eigenbasis':>15} | {'max |dlambda|/lambda_max':>24}"
-    )
-    for count, dim in plan.eigh_shapes:
-        for dtype in (torch.float32, torch.float64):
-            stack = spd_stack(count, dim, dtype, device)
-            batched_ms, batched = timed(torch.linalg.eigh, stack, device)
-            loop_ms, looped = timed(lambda s: [torch.linalg.eigh(m) for m in s], stack, device)
-            root_ms, roots = timed(lambda s: [eigh_inverse_root(m, 4, 1e-12) for m in s], stack, device)
-            bases = [vectors for _, vectors in roots]  # the eigenbasis method's warm start
-            eigenbasis_ms, _ = timed(
-                lambda s: [eigenbasis_inverse_root(m, q, 4, 1e-12) for m, q in zip(s, bases)], stack, device
-            )
-            looped_values = torch.stack([values for values, _ in looped])
-            agreement = ((batched.eigenvalues - looped_values).abs().amax() / looped_values.abs().amax()).item()
-            row = {
-                "count": count, "dim": dim, "dtype": str(dtype).removeprefix("torch."),
-                "batched_ms": batched_ms / count, "loop_ms": loop_ms / count,
-                "eigh_root_ms": root_ms / count, "eigenbasis_root_ms": eigenbasis_ms / count,
-                "batched_vs_loop_eigenvalues": agreement,
-            }
-            print(
-                f"{f'{count} x {dim}':<11} {row['dtype']:<7} {row['batched_ms']:>10.2f} {row['loop_ms']:>9.2f} "
-                f"{loop_ms / batched_ms:>11.2f}x | {row['eigh_root_ms']:>9.2f} {row['eigenbasis_root_ms']:>10.2f} "
-                f"{root_ms / eigenbasis_ms:>14.2f}x | {agreement:>24.1e}"
-            )
-            yield row
-    print(
-        "ms per matrix. batched: one torch.linalg.eigh of the stack; loop: one call per matrix (Shampoo's way); "
-        "eigh root / eigenbasis: Shampoo's eigh_inverse_root vs eigenbasis_inverse_root (warm-started QR step) per matrix"
-    )
+def roots_rows(device: torch.device, plan: Plan) -> Iterator[dict[str, Any]]:
+    print(f"{'N x d':<11} {'eigh':>8} {'eigenbasis':>10} {'newton f32':>10} {'newton tf32':>11} | "
+          f"{'eigh/newton f32':>15} {'eigh/newton tf32':>16} | {'dir err f32':>11} {'tf32':>8}")
+    for count, dim in plan.root_shapes:
+        stack = factor_stack(count, dim, device)
+        eigh_ms, (_, vectors) = timed(lambda s: eigh_inverse_root(s, 4, 1e-12), stack, device)
+        basis_ms, _ = timed(lambda s: eigenbasis_inverse_root(s, vectors[: len(s)], 4, 1e-12), stack, device)
+        newton_ms, (x32, _) = timed(lambda s: newton_inverse_root(s, 4, 1e-12), stack, device)
+        precision = "tf32" if device.type == "cuda" else "float32"
+        with matmul_precision(precision, device):
+            tf32_ms, (xtf, _) = timed(lambda s: newton_inverse_root(s, 4, 1e-12), stack, device)
+        ridge = NEWTON_RIDGE_FLOOR * torch.linalg.matrix_norm(stack.double()).view(-1, 1, 1)
+        values, q = torch.linalg.eigh(stack.double())
+        reference = (q * (values.clamp_min(0) + ridge.view(-1, 1)).pow(-0.25).unsqueeze(-2)) @ q.mT
+        directions = stack.double() @ torch.randn(count, dim, 8, dtype=torch.float64, device=device)
+        expected = reference @ directions
+
+        def error(x):
+            return ((x.double() @ directions - expected).norm() / expected.norm()).item()
+
+        row = {"count": count, "dim": dim, "eigh_ms": eigh_ms / count, "eigenbasis_ms": basis_ms / count,
+               "newton_ms": newton_ms / count, "newton_tf32_ms": tf32_ms / count,
+               "newton_direction_error": error(x32), "newton_tf32_direction_error": error(xtf)}
+        print(f"{f'{count} x {dim}':<11} {row['eigh_ms']:>8.2f} {row['eigenbasis_ms']:>10.2f} {row['newton_ms']:>10.2f} "
+              f"{row['newton_tf32_ms']:>11.2f} | {eigh_ms / newton_ms:>14.2f}x {eigh_ms / tf32_ms:>15.2f}x | "
+              f"{row['newton_direction_error']:>11.1e} {row['newton_tf32_direction_error']:>8.1e}")
+        yield row
+    print("ms per matrix (batched over N); dir err: ||X G - R G|| / ||R G|| for G in the factors' range, R = float64 "
+          "eigh root with newton's ridge (1e-6 ||A||_F); tf32 = float32 off CUDA")
 
 
-# --- 3. sparsity and 4. step time ----------------------------------------------------------
+# --- 4. step time --------------------------------------------------------------------------
 
 
 def workload(preset: str, device: torch.device, plan: Plan) -> optimizer_step.Workload:
@@ -369,48 +409,28 @@ def workload(preset: str, device: torch.device, plan: Plan) -> optimizer_step.Wo
     return optimizer_step.bert_workload(preset, device, batch=batch, seq=seq, vocab=vocab)
 
 
-def sparsity_rows(device: torch.device, plan: Plan) -> Iterator[dict[str, Any]]:
-    preset, steps, windows = plan.sparsity
-    work = workload(preset, device, plan)
-    rows = []
-    for pair in sparsity_bench.PAIRS:
-        rows.append(sparsity_bench.measure_pair(work, pair, steps, windows, with_step_only=True))
-        print(f"  measured {work.name} {pair[0]}: sparsity/base {rows[-1]['ratio']:.2f}x", flush=True)
-        yield rows[-1]
-    sparsity_bench.print_step_table(rows)
-
-
 def step_time_rows(device: torch.device, plan: Plan) -> Iterator[dict[str, Any]]:
     rows = []
     for preset in dict.fromkeys(row[0] for row in plan.step_rows):
         work = workload(preset, device, plan)
-        for _, frequency, steps, windows, budget_s, profile in (r for r in plan.step_rows if r[0] == preset):
-            args = argparse.Namespace(
-                steps=steps, windows=windows, budget_s=budget_s, max_preconditioner_dim=1024, profile=profile
-            )
+        for _, frequency, windows in (r for r in plan.step_rows if r[0] == preset):
+            builders = {f"shampoo {m}": optimizer_step.ours(m) for m in ROOT_METHODS}
+            if (preset, frequency) == plan.step_rows[0][:2]:  # one compiled row: compiling costs ~a minute
+                builders["shampoo newton compiled"] = optimizer_step.ours("newton", torch_compile=True)
             started = time.perf_counter()
-            row = optimizer_step.measure(work, frequency, args)
-            row["batch"], row["seq"] = plan.bert[preset][:2]
-            row["seconds"] = time.perf_counter() - started
-            rows.append(row)
-            profiled = row["profile"]
-            kernels = f"step() GPU {profiled['step']:.1f} ms, CPU {profiled['step_cpu']:.1f} ms" if "step_cpu" in profiled else ""
-            print(
-                f"  {work.name} batch {row['batch']}x{row['seq']} f={frequency}: adamw {row['adamw_ms']:.1f} ms, "
-                f"shampoo {row['shampoo_ms']:.1f} ms, ratio {row['ratio']:.2f}x ({row['windows']} x {row['steps']} steps) "
-                f"{kernels} [{row['seconds']:.0f} s]",
-                flush=True,
-            )
-            yield row
+            for row in optimizer_step.measure(work, frequency, builders, windows, structure=True):
+                row["roots_share"] = max(0.0, row["root_ms"] - row["plain_ms"]) / frequency / row["ms"]
+                row["seconds"] = time.perf_counter() - started
+                rows.append(row)
+                print(f"  {work.name} f={frequency} {row['optimizer']}: AdamW {row['adamw_ms']:.1f} ms, "
+                      f"{row['ms']:.1f} ms, ratio {row['ratio']:.2f}x, roots {100 * row['roots_share']:.0f} % of the step, "
+                      f"step() {row['plain_ms']:.1f} ms plain / {row['root_ms']:.1f} ms refresh [{row['seconds']:.0f} s]")
+                yield row
         del work
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    print()
-    optimizer_step.print_table(rows)
-    print(
-        "shares and step() ms: GPU kernel time inside each profiler range on CUDA (CPU time on cpu); "
-        "nan: not profiled. ratio = Shampoo / AdamW per whole training step."
-    )
+    print("ratio = Shampoo / AdamW per whole training step; roots = (refresh step() - plain step()) / f as a share "
+          "of the whole step")
 
 
 # --- main ----------------------------------------------------------------------------------
@@ -441,7 +461,7 @@ def main() -> int:
     }
     print(" ".join(f"{k}={v}" for k, v in meta.items() if k != "plan"))
     results: dict[str, Any] = {"meta": meta, "sections": {}}
-    sections = {"correctness": correctness_rows, "eigh": eigh_rows, "sparsity": sparsity_rows, "step-time": step_time_rows}
+    sections = {"correctness": correctness_rows, "sync": sync_rows, "roots": roots_rows, "step-time": step_time_rows}
     total = time.perf_counter()
 
     def save() -> None:
@@ -468,13 +488,13 @@ def main() -> int:
         f"{r['optimizer']} {r['set']} {r['dtype']}"
         for r in results["sections"].get("correctness", {}).get("rows", [])
         if not r["pass"]
-    ]
+    ] + [f"sync {r['root_method']}" for r in results["sections"].get("sync", {}).get("rows", []) if not r["pass"]]
     errors = [name for name, s in results["sections"].items() if s["status"] == "error"]
     results["failed_checks"], results["section_errors"] = failed, errors
     results["wall_s"] = time.perf_counter() - total
     save()
     print(
-        f"\ntotal {results['wall_s']:.0f} s; correctness failures: {', '.join(failed) or 'none'}; "
+        f"\ntotal {results['wall_s']:.0f} s; failed checks: {', '.join(failed) or 'none'}; "
         f"sections with errors: {', '.join(errors) or 'none'}"
     )
     return 1 if failed or errors else 0

@@ -14,7 +14,8 @@ this base class does the rest, the same way for all of them:
 - ``state_dict`` / ``load_state_dict`` that hold and check this rank's buckets.
 
 A step runs in three phases over all groups: statistics, refresh (the subclass may read
-the device once or twice here, on the steps that refresh), directions.
+the device once or twice here, on the steps that refresh), directions; each is a
+torch.profiler range ("shampoo.statistics", ".root", ".directions", ".communication").
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+from torch.profiler import record_function
 
 from basinlab.optim.distribution import COMMUNICATION_DTYPES, Distribution, resolve_comm
 from basinlab.optim.layout import Bucket, DiagonalBucket, GroupLayout, diagonal_pairs, group_layout, scatter_pairs
@@ -142,17 +144,23 @@ class BucketedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         plan = self._plan()
-        steps = [s for g, group in enumerate(self.param_groups) if (s := self._group_step(plan, g, group))]
-        for step in steps:
-            self._update_statistics(step)
-        self._refresh(steps)
+        phase = self.name.lower()
+        with record_function(f"{phase}.statistics"):
+            steps = [s for g, group in enumerate(self.param_groups) if (s := self._group_step(plan, g, group))]
+            for step in steps:
+                self._update_statistics(step)
+        with record_function(f"{phase}.root"):
+            self._refresh(steps)
         if plan.distribution is None:
             for step in steps:
-                self._apply(step, step.owned, self._directions(step))
+                with record_function(f"{phase}.directions"):
+                    directions = self._directions(step)
+                self._apply(step, step.owned, directions)
             return loss
         send = None
         for step in steps:
-            directions = self._directions(step)
+            with record_function(f"{phase}.directions"):
+                directions = self._directions(step)
             if send is None:
                 device = self.param_groups[step.index]["params"][0].device
                 send = torch.zeros(plan.distribution.segment_size, dtype=self._communication_dtype, device=device)
@@ -160,7 +168,8 @@ class BucketedOptimizer(torch.optim.Optimizer):
                 start = plan.distribution.offsets[plan.numbers[unit.key]]
                 send[start : start + unit.numel].copy_(direction.reshape(-1))
         if send is not None:
-            gathered = plan.distribution.exchange(send)
+            with record_function(f"{phase}.communication"):
+                gathered = plan.distribution.exchange(send)
             for step in steps:
                 units = list(step.layout.units)
                 received = []
@@ -187,7 +196,7 @@ class BucketedOptimizer(torch.optim.Optimizer):
             state["skipped"].add_(~finite)
         else:
             where = self._mask(present, device)
-            ok = torch.zeros(len(params), dtype=torch.bool, device=device).masked_scatter_(where, finite)
+            ok = torch.zeros(len(params), dtype=torch.bool, device=device).index_copy_(0, self._indices(present, device), finite)
             state["skipped"].add_(where & ~ok)
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         state["steps"].add_(ok)
@@ -210,6 +219,14 @@ class BucketedOptimizer(torch.optim.Optimizer):
             self._masks[key] = torch.tensor(flags, dtype=torch.bool).to(device)
         return self._masks[key]
 
+    def _indices(self, flags: tuple[bool, ...], device: torch.device) -> torch.Tensor:
+        """The positions of a host pattern's set flags, cached on the device (indexing with them, unlike
+        with a bool mask, needs no host sync)."""
+        key = ("indices", flags, device)
+        if key not in self._masks:
+            self._masks[key] = torch.tensor([i for i, f in enumerate(flags) if f], dtype=torch.long).to(device)
+        return self._masks[key]
+
     def _apply(self, step: GroupStep, units: list[Unit], directions: list[torch.Tensor]) -> None:
         """p *= 1 - lr * weight_decay (where the gradient was usable), then p -= lr * direction."""
         group, params = step.group, step.group["params"]
@@ -218,7 +235,7 @@ class BucketedOptimizer(torch.optim.Optimizer):
             usable = [p for p, has in zip(params, step.present) if has]
             factors = torch.where(step.ok, 1.0 - lr * decay, 1.0)
             if not all(step.present):
-                factors = factors[self._mask(step.present, factors.device)]
+                factors = factors[self._indices(step.present, factors.device)]
             torch._foreach_mul_(usable, list(factors.unbind()))
         targets, sources = [], []
         for unit, direction in zip(units, directions):
