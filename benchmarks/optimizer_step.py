@@ -63,7 +63,7 @@ class Workload:
     min_steps: int  # fewest steps in a window (cheap steps need long windows for a stable clock)
 
 
-def mlp_workload(device, batch: int = 128) -> Workload:
+def mlp_workload(device="cpu", batch: int = 128) -> Workload:
     from basinlab.models import MLP
 
     g = torch.Generator().manual_seed(0)
@@ -71,7 +71,7 @@ def mlp_workload(device, batch: int = 128) -> Workload:
     return Workload("mlp", MLP(784, [100], 10, seed=0).to(device), lambda m: F.cross_entropy(m(x), y), 50)
 
 
-def bert_workload(preset: str, device, batch: int = 16, seq: int = 128, vocab: int = 8192) -> Workload:
+def bert_workload(preset: str, device="cpu", batch: int = 16, seq: int = 128, vocab: int = 8192) -> Workload:
     from basinlab.models import build_bert_mlm
 
     model = build_bert_mlm(preset, vocab, max_length=512, seed=0).to(device)

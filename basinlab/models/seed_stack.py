@@ -6,10 +6,11 @@ gathering the batch). A group of seeds shares those: one backward, one optimizer
 over every seed's tensors, one data gather.
 
 Why each seed stays its own ``MLP`` with its own parameters (rather than one [S, out, in]
-parameter): optimizers keep per-tensor state (Adam's step count, Shampoo's factors and
-root schedule), so one optimizer over all members' parameters treats every seed exactly
-as it would treat that seed alone, and a member that takes no step (it stopped early, or
-has no batch left this epoch) simply has no gradient and is skipped by the optimizer.
+parameter), in its own parameter group of the arm's optimizer: torch optimizers keep
+per-tensor state (Adam's step count) and Shampoo stacks blocks within a group only (its
+factors, roots and schedule per bucket), so one optimizer over all members treats every
+seed exactly as it would treat that seed alone, and a member that takes no step (it
+stopped early, or has no batch left this epoch) simply has no gradient and is skipped.
 
 Why the forward runs the members one by one instead of one ``baddbmm`` per layer: on a
 2-core CPU the batched product of these shapes measured no faster with 2 threads and
