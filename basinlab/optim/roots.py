@@ -126,9 +126,11 @@ def matmul_precision(precision: str, device: torch.device):
         return
     if device.type != "cuda":
         raise ValueError(f"root_precision={precision!r} needs CUDA tensors, got {device.type}; use 'float32'")
-    saved = torch.backends.cuda.matmul.fp32_precision
-    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    matmul = torch.backends.cuda.matmul
+    name, value = ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)  # torch < 2.9
+    saved = getattr(matmul, name)
+    setattr(matmul, name, value)
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.fp32_precision = saved
+        setattr(matmul, name, saved)
