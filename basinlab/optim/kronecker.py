@@ -7,7 +7,8 @@ For the blocks G of a bucket (one-sided for vectors, viewed as [n, 1] columns):
     D = L^(-1/p) M R^(-1/p)                  two batched GEMMs
     D *= ||graft|| / ||D||  per block        (grafting: the step size of a diagonal optimizer)
 
-``decay`` is a per-block tensor (1 for masked blocks, whose gradient is zero, so their
+``decay`` is a per-block tensor applied before (shampoo_math: one foreach op for all factors;
+1 for masked blocks, whose gradient is zero, so their
 factors stay bitwise as they were). The inverse roots are refreshed by ``refresh_roots``
 on the steps the schedule says; a root that fails (non-finite, or a Newton iteration that
 did not converge) keeps the previous one for that block, decided on the device.
@@ -46,32 +47,19 @@ def init_factors(bucket: Bucket, dtype: torch.dtype, device: torch.device) -> di
     return state
 
 
-def update_factors(buckets, states, grads, decays, beta2: float) -> None:
-    """Advance every bucket's L and R with its (masked) gradient blocks; ``decays`` [B, 1, 1] each, or
-    None for plain sums. The decays of all factors are one foreach op."""
-    weight = 1.0 if beta2 == 1 else 1.0 - beta2
-    if decays is not None:
-        factors, factor_decays = [], []
-        for bucket, state, decay in zip(buckets, states, decays):
-            for side, _ in factored_sides(bucket):
-                factors.append(state[side])
-                factor_decays.append(decay)
-        torch._foreach_mul_(factors, factor_decays)
-    for bucket, state, grad in zip(buckets, states, grads):
-        g = grad.to(state["left"].dtype)
-        g_t = g.mT
-        state["left"].baddbmm_(g, g_t, alpha=weight)
-        if bucket.sides[1]:
-            state["right"].baddbmm_(g_t, g, alpha=weight)
+def update_factors(left: torch.Tensor, right: torch.Tensor | None, grad: torch.Tensor, weight: float) -> None:
+    """L += weight G G^T and R += weight G^T G for stacked (masked) blocks; decays are applied before."""
+    g = grad.to(left.dtype)
+    g_t = g.mT
+    left.baddbmm_(g, g_t, alpha=weight)
+    if right is not None:
+        right.baddbmm_(g_t, g, alpha=weight)
 
 
-def precondition(bucket: Bucket, state, moment: torch.Tensor) -> torch.Tensor:
+def precondition(left_root: torch.Tensor, right_root: torch.Tensor | None, moment: torch.Tensor) -> torch.Tensor:
     """L^(-1/p) M R^(-1/p) in the factor dtype."""
-    m = moment.to(state["left_root"].dtype)
-    d = torch.bmm(state["left_root"], m)
-    if bucket.sides[1]:
-        d = torch.bmm(d, state["right_root"])
-    return d
+    d = torch.bmm(left_root, moment.to(left_root.dtype))
+    return d if right_root is None else torch.bmm(d, right_root)
 
 
 def graft_scales(directions, grafts) -> list[torch.Tensor]:

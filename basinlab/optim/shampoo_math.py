@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from basinlab.optim import grafting as graft_math
-from basinlab.optim.kronecker import graft_scales
+from basinlab.optim.kronecker import graft_scales, precondition, update_factors
 
 # Columns of the per-block coefficient table (coefficients.py), in Shampoo's order.
 FACTOR_DECAY, GRAFT_DECAY, MOMENTUM_DECAY, EMA_WEIGHT, USABLE, EMA_CORRECTION, GRAFT_CORRECTION, FACTOR_CORRECTION = range(8)
@@ -52,13 +52,8 @@ def statistics(settings: GroupSettings, grads, usable, columns, factor_decays, z
     if factors and beta2 < 1:
         torch._foreach_mul_(factors, decays)
     for i, sides in enumerate(settings.sides):
-        if sides is None:
-            continue
-        g = grads[i].to(lefts[i].dtype)
-        g_t = g.mT
-        lefts[i].baddbmm_(g, g_t, alpha=weight)
-        if sides[1]:
-            rights[i].baddbmm_(g_t, g, alpha=weight)
+        if sides is not None:
+            update_factors(lefts[i], rights[i] if sides[1] else None, grads[i], weight)
     if beta1 > 0:
         graft_math.update_average(averages, grads, [c[EMA_WEIGHT] for c in columns])
     if graft_math.has_accumulator(settings.grafting):
@@ -80,9 +75,7 @@ def directions(settings: GroupSettings, started, grads, columns, left_roots, rig
     chosen = [i for i, on in enumerate(started) if on is not False]
     preconditioned = []
     for i in chosen:
-        m = moments[i].to(left_roots[i].dtype)
-        d = torch.bmm(left_roots[i], m)
-        preconditioned.append(torch.bmm(d, right_roots[i]) if settings.sides[i][1] else d)
+        preconditioned.append(precondition(left_roots[i], right_roots[i] if settings.sides[i][1] else None, moments[i]))
     if preconditioned and settings.grafting != "none":
         torch._foreach_mul_(preconditioned, graft_scales(preconditioned, [out[i] for i in chosen]))
     for i, d in zip(chosen, preconditioned):
