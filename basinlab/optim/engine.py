@@ -68,7 +68,7 @@ class Plan:
         key = (unit.key, device)
         if key not in self._index_cache:
             if isinstance(unit, Bucket):
-                rows = torch.tensor(unit.row_params(), dtype=torch.long)
+                rows = torch.tensor(unit.row_params, dtype=torch.long)
             else:
                 rows = torch.repeat_interleave(torch.tensor(unit.params), torch.tensor(unit.sizes))
             self._index_cache[key] = rows.to(device)

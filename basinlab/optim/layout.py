@@ -21,6 +21,7 @@ tile has several block-rows and several block-columns.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -94,9 +95,10 @@ class Bucket:
         """Number of factored dims (the default inverse root is 2 * order)."""
         return sum(self.sides)
 
-    def row_params(self) -> list[int]:
-        """The group-parameter index of every stacked block."""
-        return [t.param for t in self.tiles for _ in range(t.count)]
+    @functools.cached_property
+    def row_params(self) -> tuple[int, ...]:
+        """The group-parameter index of every stacked block (computed once: read on every step)."""
+        return tuple(t.param for t in self.tiles for _ in range(t.count))
 
 
 @dataclass(frozen=True)

@@ -191,7 +191,7 @@ class Shampoo(BucketedOptimizer):
                         n
                         for unit in plan.groups[g].buckets
                         if unit.key in self.state
-                        for p, n in zip(unit.row_params(), self.state[unit.key]["refreshes"])
+                        for p, n in zip(unit.row_params, self.state[unit.key]["refreshes"])
                         if p == index
                     ]
                     return {"steps": host[index], "root_computations": max(counts, default=0)}
@@ -203,7 +203,7 @@ class Shampoo(BucketedOptimizer):
             for unit in layout.buckets:
                 state = self.state.get(unit.key)
                 if state:
-                    done |= {(unit.group, p) for p, n in zip(unit.row_params(), state["refreshes"]) if n}
+                    done |= {(unit.group, p) for p, n in zip(unit.row_params, state["refreshes"]) if n}
         return done
 
     # ----------------------------------------------------------------- engine hooks
@@ -317,7 +317,7 @@ class Shampoo(BucketedOptimizer):
 
     def _row_flags(self, step: GroupStep, bucket: Bucket, test) -> tuple[bool, ...]:
         """Per stacked block: its parameter has a gradient this step and ``test(its host step)`` holds."""
-        return tuple(step.present[p] and test(step.host_steps[p]) for p in bucket.row_params())
+        return tuple(step.present[p] and test(step.host_steps[p]) for p in bucket.row_params)
 
     def _as_mask(self, flags: tuple[bool, ...], device: torch.device) -> torch.Tensor | None:
         """None when every flag is set (the common case: no mask op), else a cached device mask."""
