@@ -65,6 +65,10 @@ class MLP(nn.Module):
             bound = 1.0 / math.sqrt(layer.in_features)
             nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
 
+    def get_output_embeddings(self) -> nn.Module:
+        """The classifier head (HF's name for it: Muon's parameter rule gives it AdamW)."""
+        return self.head
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Activations of the last hidden layer (what the representation metrics measure)."""
         for layer in self.hidden:

@@ -1,4 +1,4 @@
-"""The step machinery every bucketed matrix optimizer shares (Shampoo today; SOAP and Muon next).
+"""The step machinery every bucketed matrix optimizer shares (Shampoo, SOAP, Muon).
 
 A subclass says what one bucket's statistics, preconditioner refresh and direction are;
 this base class does the rest, the same way for all of them:
@@ -117,8 +117,9 @@ class BucketedOptimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ subclass hooks
 
-    def _layout_dims(self, group: dict[str, Any]) -> tuple[int, int]:
-        """(max block dim, longest vector that still gets a factor) for a group."""
+    def _layout_dims(self, group: dict[str, Any]) -> tuple:
+        """group_layout's options for a group: (max block dim, longest vector that still gets a factor
+        [, one_sided_dim [, elementwise]])."""
         raise NotImplementedError
 
     def _unit_classes(self, groups: list[GroupLayout]) -> list[int] | None:
@@ -205,6 +206,20 @@ class BucketedOptimizer(torch.optim.Optimizer):
         owned = [u for u in plan.groups[g].units if plan.owns(u)]
         return GroupStep(g, group, plan.groups[g], grads, present, ok, state["steps"], state["host_steps"], owned)
 
+    def skipped_steps(self) -> int:
+        """Parameter steps skipped for a non-finite gradient, over all groups (reads the device)."""
+        return sum(int(s["skipped"].sum().item()) for k, s in self.state.items() if str(k).startswith("group."))
+
+    def _raise_on_nonfinite(self, step: GroupStep) -> None:
+        """nonfinite_grads='raise': one host read per step, by the user's choice."""
+        bad = [i for i, (has, ok) in enumerate(zip(step.present, step.ok.tolist())) if has and not ok]
+        if bad:
+            shape = tuple(step.group["params"][bad[0]].shape)
+            raise FloatingPointError(
+                f"{self.name}: non-finite or overflowing gradient for a parameter of shape {shape}; "
+                "pass nonfinite_grads='skip' to skip such steps instead"
+            )
+
     def _group_state(self, g: int, n: int, device: torch.device) -> dict[str, Any]:
         key = f"group.{g}"
         if key not in self.state:
@@ -233,7 +248,8 @@ class BucketedOptimizer(torch.optim.Optimizer):
         lr, decay = group["lr"], group.get("weight_decay", 0.0)
         if decay:
             usable = [p for p, has in zip(params, step.present) if has]
-            factors = torch.where(step.ok, 1.0 - lr * decay, 1.0)
+            kept = torch.scalar_tensor(1.0 - lr * decay, dtype=params[0].dtype, device=step.ok.device)  # not float32 for float64
+            factors = torch.where(step.ok, kept, 1.0)
             if not all(step.present):
                 factors = factors[self._indices(step.present, factors.device)]
             torch._foreach_mul_(usable, list(factors.unbind()))

@@ -47,11 +47,13 @@ def init_factors(bucket: Bucket, dtype: torch.dtype, device: torch.device) -> di
     return state
 
 
-def update_factors(left: torch.Tensor, right: torch.Tensor | None, grad: torch.Tensor, weight: float) -> None:
-    """L += weight G G^T and R += weight G^T G for stacked (masked) blocks; decays are applied before."""
-    g = grad.to(left.dtype)
+def update_factors(left: torch.Tensor | None, right: torch.Tensor | None, grad: torch.Tensor, weight: float) -> None:
+    """L += weight G G^T and R += weight G^T G for stacked (masked) blocks (None: a side without a
+    factor); decays are applied before."""
+    g = grad.to((left if left is not None else right).dtype)
     g_t = g.mT
-    left.baddbmm_(g, g_t, alpha=weight)
+    if left is not None:
+        left.baddbmm_(g, g_t, alpha=weight)
     if right is not None:
         right.baddbmm_(g_t, g, alpha=weight)
 

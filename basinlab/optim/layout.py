@@ -8,6 +8,13 @@ instead of B small ones. Parameters that take a purely elementwise (diagonal) up
 scalars, and vectors longer than ``max_vector_dim`` — form one flat *diagonal bucket* per
 group.
 
+Two options serve optimizers other than Shampoo. ``one_sided_dim``: a matrix dim longer
+than this carries no factor and is not blocked (SOAP leaves an embedding's vocabulary
+dim unrotated); a matrix with both dims that long is elementwise. ``elementwise``: every
+matrix of the group is elementwise (Muon's AdamW groups). An elementwise matrix is one
+[numel, 1] column block with no factored side, so it still travels in buckets (per-block
+coefficients, not per-element ones as in the diagonal bucket).
+
 Buckets are formed from the parameter groups' shapes alone, never from the world size:
 a bucket's arithmetic (whose bits depend on its batch composition in BLAS and LAPACK)
 is then the same on 1 rank or 64, and buckets are also the unit of ownership when the
@@ -77,6 +84,7 @@ class Bucket:
     block: tuple[int, int]
     sides: tuple[bool, bool]  # which of the block's dims carry a Kronecker factor
     tiles: tuple[Tile, ...]
+    column: bool = False  # blocks are [n, 1] columns of the flattened parameter (vectors, elementwise matrices)
 
     @property
     def size(self) -> int:
@@ -134,11 +142,11 @@ def _chunks(n: int, max_dim: int) -> list[tuple[int, int]]:
     return [(start, min(start + max_dim, n)) for start in range(0, n, max_dim)]
 
 
-def _tiles(param: int, matrix: tuple[int, int], max_dim: int, factor_cols: bool) -> list[Tile]:
-    """A matrix's blocks as at most four tiles: full rows x full columns, and the remainders."""
+def _tiles(param: int, matrix: tuple[int, int], max_dim: int, sides: tuple[bool, bool]) -> list[Tile]:
+    """A matrix's blocks as at most four tiles: full rows x full columns, and the remainders
+    (a dim without a factor is not cut)."""
     tiles = []
-    row_runs = _runs(matrix[0], max_dim)
-    col_runs = _runs(matrix[1], max_dim) if factor_cols else [(0, matrix[1], matrix[1])]
+    row_runs, col_runs = (_runs(n, max_dim) if factored else [(0, n, n)] for n, factored in zip(matrix, sides))
     for r0, r1, h in row_runs:
         for c0, c1, w in col_runs:
             tiles.append(Tile(param, (r0, r1), (c0, c1), (h, w)))
@@ -154,22 +162,40 @@ def _runs(n: int, max_dim: int) -> list[tuple[int, int, int]]:
     return runs
 
 
-def group_layout(group: int, shapes: Sequence[tuple[int, ...]], max_dim: int, max_vector_dim: int) -> GroupLayout:
+def _placement(matrix: tuple[int, ...], max_vector_dim: int, one_sided_dim: int | None, elementwise: bool):
+    """(matrix view, factored sides, column view) of a parameter's blocks; None for the diagonal bucket."""
+    if not matrix or (len(matrix) == 1 and matrix[0] > max_vector_dim):
+        return None
+    if len(matrix) == 1:
+        return (matrix[0], 1), (True, False), True
+    sides = tuple(one_sided_dim is None or d <= one_sided_dim for d in matrix)
+    if elementwise or not any(sides):
+        return (math.prod(matrix), 1), (False, False), True
+    return matrix, sides, False
+
+
+def group_layout(
+    group: int,
+    shapes: Sequence[tuple[int, ...]],
+    max_dim: int,
+    max_vector_dim: int,
+    one_sided_dim: int | None = None,
+    elementwise: bool = False,
+) -> GroupLayout:
     """Cut a group's parameters into tiles and pack equal-shape blocks into buckets (see module docstring)."""
     by_shape: dict[tuple, list[Tile]] = {}
     diagonal: list[int] = []
     for index, shape in enumerate(shapes):
-        matrix = matrix_shape(shape)
-        if not matrix or (len(matrix) == 1 and matrix[0] > max_vector_dim):
+        placement = _placement(matrix_shape(shape), max_vector_dim, one_sided_dim, elementwise)
+        if placement is None:
             diagonal.append(index)
             continue
-        sides = (True, len(matrix) == 2)
-        view = matrix if len(matrix) == 2 else (matrix[0], 1)
-        for tile in _tiles(index, view, max_dim, sides[1]):
-            by_shape.setdefault((tile.block, sides), []).append(tile)
-    total = sum(t.count * block_cost(block, sides) for (block, sides), tiles in by_shape.items() for t in tiles)
+        view, sides, column = placement
+        for tile in _tiles(index, view, max_dim, sides):
+            by_shape.setdefault((tile.block, sides, column), []).append(tile)
+    total = sum(t.count * block_cost(key[0], key[1]) for key, tiles in by_shape.items() for t in tiles)
     buckets: list[Bucket] = []
-    for (block, sides), tiles in by_shape.items():
+    for (block, sides, column), tiles in by_shape.items():
         cost = block_cost(block, sides)
         cap = max(cost, total // BUCKET_SHARE)
         current: list[Tile] = []
@@ -177,10 +203,10 @@ def group_layout(group: int, shapes: Sequence[tuple[int, ...]], max_dim: int, ma
             pieces = [tile] if tile.count * cost <= cap else tile.block_rows()
             for piece in pieces:
                 if current and (sum(t.count for t in current) + piece.count) * cost > cap:
-                    buckets.append(Bucket(f"bucket.{group}.{len(buckets)}", group, block, sides, tuple(current)))
+                    buckets.append(Bucket(f"bucket.{group}.{len(buckets)}", group, block, sides, tuple(current), column))
                     current = []
                 current.append(piece)
-        buckets.append(Bucket(f"bucket.{group}.{len(buckets)}", group, block, sides, tuple(current)))
+        buckets.append(Bucket(f"bucket.{group}.{len(buckets)}", group, block, sides, tuple(current), column))
     diag = None
     if diagonal:
         sizes = tuple(max(1, math.prod(shapes[i])) for i in diagonal)
@@ -193,11 +219,11 @@ def group_layout(group: int, shapes: Sequence[tuple[int, ...]], max_dim: int, ma
 
 def _matrix_view(tensor: torch.Tensor, bucket: Bucket) -> torch.Tensor:
     """``tensor`` (a parameter or its gradient) as the 2-D matrix its blocks are cut from."""
-    if tensor.dim() == 2 and bucket.sides[1]:
+    if bucket.column:
+        return tensor.view(-1, 1)
+    if tensor.dim() == 2:
         return tensor
-    if bucket.sides[1]:
-        return tensor.view(matrix_shape(tensor.shape))
-    return tensor.view(-1, 1)
+    return tensor.view(matrix_shape(tensor.shape))
 
 
 def _tile_region(matrix: torch.Tensor, tile: Tile) -> torch.Tensor:

@@ -176,7 +176,7 @@ class Shampoo(BucketedOptimizer):
 
         Distributed, root counts cover this rank's buckets only.
         """
-        skipped = sum(int(s["skipped"].sum().item()) for k, s in self.state.items() if str(k).startswith("group."))
+        skipped = self.skipped_steps()
         failures = sum(int(s["root_failures"].sum().item()) for k, s in self.state.items() if str(k).startswith("bucket."))
         return {"skipped_steps": skipped, "root_failures": failures, "preconditioned_params": len(self._preconditioned())}
 
@@ -302,16 +302,6 @@ class Shampoo(BucketedOptimizer):
             [s.get("graft_acc") for s in states],
         )
         step.scratch.update(grads=grads, states=states, coefficients=coefficients, settings=settings)
-
-    def _raise_on_nonfinite(self, step: GroupStep) -> None:
-        """nonfinite_grads='raise': one host read per step, by the user's choice."""
-        bad = [i for i, (has, ok) in enumerate(zip(step.present, step.ok.tolist())) if has and not ok]
-        if bad:
-            shape = tuple(step.group["params"][bad[0]].shape)
-            raise FloatingPointError(
-                f"Shampoo: non-finite or overflowing gradient for a parameter of shape {shape}; "
-                "pass nonfinite_grads='skip' to skip such steps instead"
-            )
 
     # ----------------------------------------------------------------- roots
 
