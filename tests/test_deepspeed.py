@@ -63,17 +63,19 @@ def engine_run(tmp_path_factory):
     return _torchrun("deepspeed_engine.py", "zero0", out), out
 
 
+@pytest.mark.parametrize("optimizer", ["shampoo", "soap", "muon"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_deepspeed_initialize_zero0_steps_our_shampoo(engine_run, precision):
+def test_deepspeed_initialize_zero0_steps_our_optimizers(engine_run, precision, optimizer):
     result, out = engine_run
     assert result.returncode == 0, result.stderr[-4000:]
-    rank0, rank1 = ranks = _ranks(out, precision)
+    rank0, rank1 = ranks = _ranks(out, precision if optimizer == "shampoo" else f"{optimizer}_{precision}")
     for r in ranks:
         assert r["world_size"] == 2
         # DeepSpeed steps OUR optimizer object, not a replacement: directly in fp32, inside its
         # FP16_UnfusedOptimizer (fp32 master copies of the bf16 weights) in bf16.
         assert r["basic_is_ours"] and r["inner_is_ours"]
-        assert r["wrapper"] == {"fp32": "Shampoo", "bf16": "FP16_UnfusedOptimizer"}[precision]
+        own = {"shampoo": "Shampoo", "soap": "SOAP", "muon": "Muon"}[optimizer]
+        assert r["wrapper"] == {"fp32": own, "bf16": "FP16_UnfusedOptimizer"}[precision]
         # bf16 at stage 0 calls step() once more, with all-zero gradients, inside deepspeed.initialize
         # (FP16_UnfusedOptimizer.initialize_optimizer_states).
         assert r["steps_taken"] == ENGINE_STEPS + (precision == "bf16")
@@ -88,7 +90,10 @@ def test_deepspeed_initialize_zero0_steps_our_shampoo(engine_run, precision):
     assert rank0["losses"][0] != rank1["losses"][0]
     assert rank0["module_fingerprint"] == rank1["module_fingerprint"]
     assert rank0["master_fingerprint"] == rank1["master_fingerprint"]
-    _check_shampoo_health(ranks, MLP_SHAPES)
+    if optimizer == "shampoo":
+        _check_shampoo_health(ranks, MLP_SHAPES)
+    else:
+        assert all(r["diagnostics"]["skipped_steps"] == 0 for r in ranks)
 
 
 # ------------------------------------------------------------------ Accelerate's DeepSpeed plugin

@@ -1,8 +1,9 @@
-"""Distributed Shampoo: block assignment, and 2 real gloo processes against one process.
+"""Distributed Shampoo (and SOAP, Muon): block assignment, and 2 real gloo processes against one process.
 
 The two-process run (tests/workers/distributed_shampoo.py under torch.distributed.run)
 must give bitwise the single-process parameters with float32 communication, across
-block layouts (also with newton roots, staggered), dead layers and a skipped non-finite gradient; its sharded checkpoints
+block layouts (also with newton roots, staggered), SOAP and Muon, dead layers and a skipped
+non-finite gradient; its sharded checkpoints
 must resume bit-identically at world size 2 and re-shard to 1 (and from 1 to 2).
 """
 

@@ -18,7 +18,7 @@ def test_same_seed_gives_bit_identical_weights_whatever_the_optimizer():
         torch.manual_seed(len(name))  # global RNG state must not matter
         torch.rand(17)
         model = MLP(784, [100], 10, seed=7)
-        build_optimizer(name, model.parameters(), lr=0.01)
+        build_optimizer(name, model, lr=0.01)
         initial[name] = _weights(model)
     first, *rest = initial.values()
     for other in rest:

@@ -113,6 +113,7 @@ class OptimizerSpec:
     options: dict[str, Any]
 
     def build(self, params: Any) -> torch.optim.Optimizer:
+        """Over parameters or param groups, or over modules (a list: one set of groups per module)."""
         return build_optimizer(self.name, params, **self.options)
 
     def to_yaml(self) -> dict[str, Any]:
@@ -383,8 +384,8 @@ def _named_options(raw: Any, key: str) -> tuple[str, dict[str, Any]]:
 
 
 def _checked_spec(name: str, options: dict[str, Any], key: str, label: str) -> OptimizerSpec:
-    try:  # constructing on a throwaway parameter runs the optimizer's own value checks
-        build_optimizer(name, [torch.nn.Parameter(torch.zeros(2, 2))], **options)
+    try:  # constructing over a throwaway model runs the optimizer's own value checks
+        build_optimizer(name, torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)), **options)
     except (ValueError, TypeError) as err:
         raise UserError(f"config key '{key}' ({label}): {err}") from None
     return OptimizerSpec(name=name.lower(), options=options)

@@ -151,12 +151,12 @@ class ArmTrainer:
 
     def _new_optimizers(self, model: SeedStack | MLP) -> list[torch.optim.Optimizer]:
         """The arm's optimizer and, if it switches, its ``then`` optimizer: separate objects over the
-        same parameters, so each keeps its own state (and its own Shampoo sharding). One parameter
-        group per seed: matrix optimizers stack blocks within a group only, so a seed's arithmetic
-        is the same alone or in any group of seeds."""
+        same parameters, so each keeps its own state (and its own Shampoo sharding). Groups per seed
+        (one, or Muon's split): matrix optimizers stack blocks within a group only, so a seed's
+        arithmetic is the same alone or in any group of seeds."""
         members = model.members if isinstance(model, SeedStack) else [model]
         specs = [self.optimizer_config, self.optimizer_config.then]
-        return [spec.build([{"params": list(m.parameters())} for m in members]) for spec in specs if spec is not None]
+        return [spec.build(list(members)) for spec in specs if spec is not None]
 
     def _phase(self, task_step: int) -> int:
         """Index of the optimizer that takes a task's ``task_step``-th step (from 0)."""

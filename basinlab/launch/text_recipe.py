@@ -15,8 +15,8 @@ Per unit:
 - Each domain's Trainer seeds its data order, masking and dropout from (seed, domain), so
   a run resumed from a domain checkpoint continues exactly as if never interrupted.
 - After each domain, a checkpoint (model, optimizer, evaluation records) in
-  ``checkpoints/<unit>/``; Shampoo's state is saved shard by shard (distributed Shampoo
-  keeps different blocks on every rank). An interruption loses at most one domain.
+  ``checkpoints/<unit>/``; Shampoo's, SOAP's and Muon's state is saved shard by shard (distributed,
+  they keep different blocks on every rank). An interruption loses at most one domain.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ from basinlab.eval.callbacks import INITIAL, DomainEvaluationCallback
 from basinlab.launch.config import OptimizerConfig, TextRunConfig
 from basinlab.launch.rundir import RunDirectory, unit_id
 from basinlab.models import build_bert_mlm
-from basinlab.optim import Shampoo, load_sharded_state, save_sharded_state
-from basinlab.optim.registry import optimizer_factory
+from basinlab.optim import load_sharded_state, save_sharded_state
+from basinlab.optim.engine import BucketedOptimizer
+from basinlab.optim.registry import group_options, model_param_groups, optimizer_factory
 
 logger = logging.getLogger(__name__)
 
@@ -210,10 +211,17 @@ class TextUnit:
 
     def _options(self) -> tuple[type, dict[str, Any], float]:
         """(optimizer class, kwargs, weight decay): HF's Trainer applies the weight decay per
-        parameter group (not to biases and LayerNorm), overriding a kwarg, so it goes there."""
+        parameter group (not to biases and LayerNorm), overriding a kwarg, so it goes there. An
+        optimizer that forms its own groups from the model (Muon) gets them as the kwargs' "params",
+        which the Trainer uses instead of its own, with the same weight-decay convention."""
+        name = self.optimizer_config.name
         options = dict(self.optimizer_config.options)
         weight_decay = float(options.pop("weight_decay", 0.0))
-        return optimizer_factory(self.optimizer_config.name), options, weight_decay
+        grouping = {k: options.pop(k) for k in group_options(name) if k in options}
+        groups = model_param_groups(name, self.model, weight_decay=weight_decay, **grouping)
+        if groups is not None:
+            options["params"] = groups
+        return optimizer_factory(name), options, weight_decay
 
     def training_arguments(self, index: int) -> TrainingArguments:
         """TrainingArguments of domain ``index`` (its seed, this unit's optimizer weight decay)."""
@@ -301,22 +309,22 @@ class TextUnit:
             self._save_checkpoint(index, optimizer)
             del trainer
             gc.collect()
-        sharding = optimizer.sharding() if isinstance(optimizer, Shampoo) else None
+        sharding = optimizer.sharding() if isinstance(optimizer, BucketedOptimizer) else None
         self.optimizer_state_shards = sharding["world_size"] if sharding else 1
         return self._result(time.perf_counter() - started)
 
     # ------------------------------------------------------------------ checkpoints
 
     def _save_checkpoint(self, index: int, optimizer: torch.optim.Optimizer) -> None:
-        """Every rank writes its optimizer shard (Shampoo) before the main process marks the
+        """Every rank writes its optimizer shard (Shampoo, SOAP, Muon) before the main process marks the
         checkpoint complete; the previous one is deleted only after that."""
         folder = self.checkpoints / f"domain-{index:03d}"
-        if isinstance(optimizer, Shampoo):
+        if isinstance(optimizer, BucketedOptimizer):
             save_sharded_state(optimizer, folder)
         _barrier()
         if self.main:
             _save_torch(folder / "model.pt", self.model.state_dict())
-            if not isinstance(optimizer, Shampoo):
+            if not isinstance(optimizer, BucketedOptimizer):
                 _save_torch(folder / "optimizer.pt", optimizer.state_dict())
             _save_torch(folder / "callback.pt", self.callback.state_dict())
             lines = [json.loads(line) for line in self.run.metrics_path.read_text().splitlines()]
@@ -385,7 +393,7 @@ def _save_torch(path: Path, obj: Any) -> None:
 
 
 def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    if isinstance(optimizer, Shampoo):
+    if isinstance(optimizer, BucketedOptimizer):
         load_sharded_state(optimizer, folder)
     else:
         optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))

@@ -15,7 +15,7 @@ from basinlab.optim.soap import SOAP
 from basinlab.optim.sparsity import SparsityPreconditioned
 
 register_optimizer("shampoo", Shampoo)
-register_optimizer("muon", Muon)
+register_optimizer("muon", Muon, param_groups=muon_param_groups)
 register_optimizer("soap", SOAP)
 register_optimizer("sparsity", SparsityPreconditioned)
 

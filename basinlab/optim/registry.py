@@ -3,6 +3,11 @@
 The recipes only ever call ``build_optimizer``; a new optimizer (Shampoo, the sparsity
 preconditioner) becomes usable everywhere by one ``register_optimizer`` call, and its
 keyword options are checked against its constructor before any training starts.
+
+An optimizer whose param groups depend on the model (Muon: which matrices it
+orthogonalises) registers a ``param_groups(module, **options)`` function too; its options
+(Muon's ``adamw_rule``) are then valid config options, and ``build_optimizer`` given
+modules instead of parameters forms the groups with it, one set per module.
 """
 
 from __future__ import annotations
@@ -13,16 +18,22 @@ from typing import Any, Callable, Iterable
 import torch
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+GroupsFactory = Callable[..., list]
 
 _REGISTRY: dict[str, OptimizerFactory] = {}
+_GROUPS: dict[str, GroupsFactory] = {}
+_NOT_GROUP_OPTIONS = ("weight_decay",)  # the optimizer's own option, also accepted by a groups function
 
 
-def register_optimizer(name: str, factory: OptimizerFactory) -> None:
-    """Make ``factory(params, **kwargs)`` available as ``name`` (lower-case, unique)."""
+def register_optimizer(name: str, factory: OptimizerFactory, param_groups: GroupsFactory | None = None) -> None:
+    """Make ``factory(params, **kwargs)`` available as ``name`` (lower-case, unique); ``param_groups``
+    (module, **options) -> groups, for optimizers that need the model to form their groups."""
     key = name.lower()
     if key in _REGISTRY and _REGISTRY[key] is not factory:
         raise ValueError(f"optimizer name {name!r} is already registered to {_REGISTRY[key]!r}")
     _REGISTRY[key] = factory
+    if param_groups is not None:
+        _GROUPS[key] = param_groups
 
 
 def available_optimizers() -> list[str]:
@@ -39,10 +50,21 @@ def optimizer_factory(name: str) -> OptimizerFactory:
         ) from None
 
 
-def optimizer_options(name: str) -> list[str]:
-    """The keyword options ``name`` accepts (everything after the parameters)."""
-    parameters = list(inspect.signature(optimizer_factory(name)).parameters.values())[1:]
+def _keywords(function: Callable) -> list[str]:
+    parameters = list(inspect.signature(function).parameters.values())[1:]
     return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def group_options(name: str) -> list[str]:
+    """The options of ``name``'s param-groups function (empty if it has none)."""
+    optimizer_factory(name)  # an unknown name raises here
+    groups = _GROUPS.get(name.lower())
+    return [o for o in _keywords(groups) if o not in _NOT_GROUP_OPTIONS] if groups else []
+
+
+def optimizer_options(name: str) -> list[str]:
+    """The keyword options ``name`` accepts (everything after the parameters, and its group options)."""
+    return _keywords(optimizer_factory(name)) + group_options(name)
 
 
 def check_optimizer_options(name: str, options: Iterable[str]) -> None:
@@ -55,9 +77,23 @@ def check_optimizer_options(name: str, options: Iterable[str]) -> None:
             )
 
 
+def model_param_groups(name: str, module: torch.nn.Module, **options: Any) -> list[dict] | None:
+    """``name``'s param groups for ``module`` (its param-groups function), or None if it takes plain parameters."""
+    groups_of = _GROUPS.get(name.lower())
+    return groups_of(module, **options) if groups_of else None
+
+
 def build_optimizer(name: str, params: Any, **kwargs: Any) -> torch.optim.Optimizer:
-    """Construct the optimizer registered as ``name`` over ``params`` with ``kwargs``."""
+    """Construct the optimizer registered as ``name`` with ``kwargs`` over ``params``: parameters or
+    param groups (torch's convention), or a module or list of modules (groups formed per module by
+    the optimizer's param-groups function, or one group per module)."""
     check_optimizer_options(name, kwargs)
+    grouping = {k: kwargs.pop(k) for k in group_options(name) if k in kwargs}
+    modules = [params] if isinstance(params, torch.nn.Module) else params
+    if isinstance(modules, (list, tuple)) and modules and all(isinstance(m, torch.nn.Module) for m in modules):
+        params = [g for m in modules for g in (model_param_groups(name, m, **grouping) or [{"params": list(m.parameters())}])]
+    elif grouping:
+        raise ValueError(f"optimizer {name!r}: option {next(iter(grouping))!r} needs the model; pass modules, not parameters")
     return optimizer_factory(name)(params, **kwargs)
 
 

@@ -1,8 +1,9 @@
-"""Worker: our Shampoo as the client optimizer of deepspeed.initialize, 2 CPU ranks (gloo).
+"""Worker: our Shampoo (and SOAP, Muon) as the client optimizer of deepspeed.initialize, 2 CPU ranks (gloo).
 
     python -m torch.distributed.run --nproc_per_node 2 tests/workers/deepspeed_engine.py zero0 OUT_DIR
         trains with configs/deepspeed/zero0_fp32.json, then zero0_bf16.json; writes
-        OUT_DIR/<precision>_rank<r>.json per rank.
+        OUT_DIR/<precision>_rank<r>.json per rank for Shampoo, <optimizer>_<precision>_rank<r>.json
+        for SOAP and Muon.
     python -m torch.distributed.run --nproc_per_node 2 tests/workers/deepspeed_engine.py zero OUT_DIR
         tries ZeRO stages 1, 2 (fp32), 1 (bf16 params, fp32 grad accumulation: BF16_Optimizer),
         3 (plain and with zero.Init) and 1 with a vectors-only first group, each built inline;
@@ -19,7 +20,7 @@ import deepspeed
 import torch
 import torch.nn.functional as F
 
-from basinlab.optim import Shampoo
+from basinlab.optim import SOAP, Muon, Shampoo, muon_param_groups
 from ds_common import ROOT, fingerprint, rank, regression_data, resolved, step_recorder, tiny_mlp, write_json
 
 MICRO_BATCH, STEPS = 8, 8
@@ -29,6 +30,12 @@ def shampoo(params):
     return Shampoo(params, lr=0.02, precondition_frequency=2)
 
 
+OPTIMIZERS = {  # name -> (model -> optimizer); Shampoo's is built in train() (its grouping cases)
+    "soap": lambda model: SOAP(model.parameters(), lr=0.02, precondition_frequency=2),
+    "muon": lambda model: Muon(muon_param_groups(model), lr=0.05),
+}
+
+
 def batch(step: int, dtype: torch.dtype):
     """This rank's own micro-batch (ranks see different data, so only averaged gradients keep them equal)."""
     x, y = regression_data()
@@ -36,14 +43,16 @@ def batch(step: int, dtype: torch.dtype):
     return x[start:start + MICRO_BATCH].to(dtype), y[start:start + MICRO_BATCH]
 
 
-def train(config: dict, steps: int, vectors_first: bool = False, zero_init: bool = False) -> dict:
+def train(config: dict, steps: int, vectors_first: bool = False, zero_init: bool = False, name: str = "shampoo") -> dict:
     if zero_init:  # parameters partitioned as they are created (HF from_pretrained / Accelerate under ZeRO-3)
         with deepspeed.zero.Init(config_dict_or_path=config):
             model = tiny_mlp()
     else:
         model = tiny_mlp()
     initial = [p.detach().clone() for p in model.parameters()]
-    if vectors_first:  # a common custom grouping: no-decay vectors first, then the matrices
+    if name != "shampoo":
+        optimizer = OPTIMIZERS[name](model)
+    elif vectors_first:  # a common custom grouping: no-decay vectors first, then the matrices
         vectors = [p for p in model.parameters() if p.dim() == 1]
         matrices = [p for p in model.parameters() if p.dim() > 1]
         optimizer = shampoo([{"params": vectors}, {"params": matrices, "weight_decay": 0.01}])
@@ -91,6 +100,8 @@ def zero0(out: Path) -> None:
     for precision in ("fp32", "bf16"):
         config = resolved(ROOT / f"configs/deepspeed/zero0_{precision}.json", MICRO_BATCH)
         write_json(out / f"{precision}_rank{rank()}.json", train(config, STEPS))
+        for name in OPTIMIZERS:
+            write_json(out / f"{name}_{precision}_rank{rank()}.json", train(config, STEPS, name=name))
 
 
 ZERO_CASES = {

@@ -1,4 +1,4 @@
-"""Shampoo on a fixed stream of synthetic gradients, in one process or under torchrun.
+"""Shampoo, SOAP and Muon on a fixed stream of synthetic gradients, in one process or under torchrun.
 
 The test imports ``train`` for the single-process reference and launches this file with
 ``torch.distributed.run --nproc_per_node 2`` for the distributed runs; both see the same
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from basinlab.optim import Shampoo, load_sharded_state, save_sharded_state
+from basinlab.optim import SOAP, Muon, Shampoo, load_sharded_state, save_sharded_state
 
 # A blocked matrix, a conv kernel, a bias, a scalar, a matrix with a size-1 dim, a 1x1
 # matrix, a layer that gets no gradient every third step, and one that never gets one.
@@ -35,7 +35,20 @@ CONFIGS = {
         lr=0.02, root_method="newton", stagger_roots=True, max_preconditioner_dim=4, precondition_frequency=3,
         epsilon=1e-6,
     ),
+    "soap_blocked": dict(optimizer="soap", lr=0.01, max_preconditioner_dim=5, one_sided_dim=10, precondition_frequency=3),
+    "muon_blocked": dict(optimizer="muon", lr=0.02, weight_decay=0.01, max_preconditioner_dim=6),
 }
+
+
+def build(params: list[torch.Tensor], options: dict):
+    """The config's optimizer (Shampoo unless it names another); Muon orthogonalises every matrix here."""
+    options = dict(options)
+    kind = options.pop("optimizer", "shampoo")
+    if kind == "soap":
+        return SOAP(params, **options)
+    if kind == "muon":
+        return Muon([{"params": params, "use_muon": True}], **options)
+    return Shampoo(params, **options)
 
 
 def initial_params() -> list[torch.Tensor]:
@@ -56,7 +69,7 @@ def set_gradients(params: list[torch.Tensor], step: int) -> None:
 def train(config: str, checkpoint: Path | None = None, resume_from: Path | None = None, **options):
     """Run STEPS steps (from CHECKPOINT_STEP when resuming); optionally save a checkpoint midway."""
     params = initial_params()
-    optimizer = Shampoo(params, **CONFIGS[config], **options)
+    optimizer = build(params, {**CONFIGS[config], **options})
     first = 0
     if resume_from is not None:
         saved = torch.load(resume_from / "params.pt", weights_only=True)
