@@ -99,10 +99,11 @@ def bert_mini():
     return model, ids
 
 
-@pytest.mark.parametrize("name,budget,refresh_budget", [("soap", 300, 900), ("muon", 460, 520)])
+@pytest.mark.parametrize("name,budget,refresh_budget", [("soap", 300, 900), ("muon", 480, 540)])
 def test_bert_mini_steps_read_nothing_and_stay_within_the_op_budget(bert_mini, name, budget, refresh_budget):
     """SOAP's basis refresh needs no host read at all (no failure retry). Measured: SOAP 272 ops, 723 on a
-    refresh, 818 on step 1 (which also allocates the state); Muon 448, 504 on step 1."""
+    refresh, 818 on step 1 (which also allocates the state); Muon 466, 522 on step 1 (bfloat16
+    Newton-Schulz on this CPU: two casts per bucket more than float32)."""
     model, ids = bert_mini
     optimizer = build_optimizer(name, model, lr=1e-4, **({"precondition_frequency": 3} if name == "soap" else {}))
     counts = []

@@ -13,10 +13,9 @@ Refreshing the basis (``refresh_basis``), per factored side:
    (``exact=False``, the SOAP paper's update, warm-started: one GEMM and one QR), or the
    exact eigenvectors by eigh (``exact=True``: the first basis, or ``basis_method="eigh"``);
 3. the moments follow. Adam's first moment M' (kept in the rotated basis) is rotated
-   exactly into the new one, M' <- (Q_L,new^T Q_L,old) M' (Q_R,old^T Q_R,new): this is
+   exactly into the new one, M' <- Q_L,new^T (Q_L,old M' Q_R,old^T) Q_R,new: this is
    the same as keeping M in the parameter's basis and projecting it every step, as the
-   paper's code does, for two small products per refresh instead of two block products per
-   step. The second moment V' is elementwise in the basis and cannot be rotated; as in the
+   paper's code does, for four block products per refresh instead of two per step. The second moment V' is elementwise in the basis and cannot be rotated; as in the
    paper it follows the sort of step 1 (its entries stay with their eigen-directions'
    ranks) and is otherwise kept.
 
@@ -54,18 +53,22 @@ def _new_basis(factor: torch.Tensor, basis: torch.Tensor, exact: bool) -> tuple[
 
 
 def _follow(state: dict, new: dict, orders: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first moment rotated exactly into the new bases, the second moment re-sorted."""
-    first = state["exp_avg"]
-    second = state["exp_avg_sq"]
-    rotated = first.to(next(iter(new.values())).dtype)
-    if "left" in new:
-        rotated = torch.bmm(torch.bmm(new["left"].mT, state["left_basis"]), rotated)
-        index = orders["left"].unsqueeze(-1).expand_as(second)
-        second = second.gather(-2, index)
-    if "right" in new:
-        rotated = torch.bmm(rotated, torch.bmm(state["right_basis"].mT, new["right"]))
-        index = orders["right"].unsqueeze(-2).expand_as(second)
-        second = second.gather(-1, index)
+    """The first moment rotated exactly into the new bases, the second moment re-sorted.
+
+    The rotation goes through the parameter basis, Q_new^T (Q_old M' Q_old^T) Q_new: four
+    block products, (h^2 w + h w^2) x 2, where forming Q_new^T Q_old per side would cost
+    h^3 + w^3 more (for a 256 x 1024 block, 0.54 instead of 1.43 G multiply-adds).
+    """
+    first, second = state["exp_avg"], state["exp_avg_sq"]
+    sides = ("left", "right")
+    old = [state.get(f"{side}_basis") for side in sides]
+    fresh = [new.get(side, basis) for side, basis in zip(sides, old)]
+    dtype = next(b for b in old if b is not None).dtype
+    rotated = project(*fresh, project_back(*old, first.to(dtype)))
+    if "left" in orders:
+        second = second.gather(-2, orders["left"].unsqueeze(-1).expand_as(second))
+    if "right" in orders:
+        second = second.gather(-1, orders["right"].unsqueeze(-2).expand_as(second))
     return rotated.to(first.dtype), second
 
 
