@@ -58,7 +58,7 @@ def test_the_adamw_half_is_torch_adamw():
 
 def test_a_muon_step_is_the_scaled_orthogonalised_nesterov_momentum():
     weight = nn.Parameter(torch.zeros(6, 10))
-    optimizer = Muon([{"params": [weight], "use_muon": True}], lr=0.1, momentum=0.9, weight_decay=0.0)
+    optimizer = Muon([{"params": [weight], "use_muon": True}], lr=0.1, momentum=0.9, weight_decay=0.0, ns_dtype="float32")
     generator = torch.Generator().manual_seed(1)
     grads = [torch.randn(6, 10, generator=generator) for _ in range(3)]
     buffer = torch.zeros(6, 10)
