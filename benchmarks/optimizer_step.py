@@ -87,30 +87,34 @@ CPU_SET = ("mlp", "bert-mini")
 
 
 def ours(method: str, **extra):
-    def build(params, frequency):
-        return Shampoo(params, lr=LR, precondition_frequency=frequency, start_preconditioning_step=START,
+    def build(model, frequency):
+        return Shampoo(model.parameters(), lr=LR, precondition_frequency=frequency, start_preconditioning_step=START,
                        root_method=method, **extra)
 
     return build
 
 
 def peers() -> dict[str, Callable]:
-    """The installed peers' constructors (none without the bench extra)."""
+    """The installed Shampoo-family peers' constructors, (model, f) -> optimizer (none without the bench extra)."""
     found = {}
     try:
         import heavyball
 
         heavyball.utils.compile_mode = None  # no inductor on the CPU for them (their CPU advice)
-        found["heavyball SOAP"] = lambda p, f: heavyball.SOAP(p, lr=LR, precondition_frequency=f, max_precond_dim=1024)
-        found["heavyball KLShampoo"] = lambda p, f: heavyball.KLShampoo(p, lr=LR, precondition_frequency=f, max_precond_dim=1024)
+        found["heavyball SOAP"] = lambda m, f: heavyball.SOAP(m.parameters(), lr=LR, precondition_frequency=f, max_precond_dim=1024)
+        found["heavyball KLShampoo"] = lambda m, f: heavyball.KLShampoo(
+            m.parameters(), lr=LR, precondition_frequency=f, max_precond_dim=1024
+        )
     except ImportError:
         pass
     try:
         import pytorch_optimizer as po
 
-        found["pytorch-optimizer SOAP"] = lambda p, f: po.SOAP(p, lr=LR, precondition_frequency=f, max_precondition_dim=1024)
-        found["pytorch-optimizer ScalableShampoo"] = lambda p, f: po.ScalableShampoo(
-            p, lr=LR, start_preconditioning_step=START, preconditioning_compute_steps=f, block_size=1024
+        found["pytorch-optimizer SOAP"] = lambda m, f: po.SOAP(
+            m.parameters(), lr=LR, precondition_frequency=f, max_precondition_dim=1024
+        )
+        found["pytorch-optimizer ScalableShampoo"] = lambda m, f: po.ScalableShampoo(
+            m.parameters(), lr=LR, start_preconditioning_step=START, preconditioning_compute_steps=f, block_size=1024
         )
     except ImportError:
         pass
@@ -164,7 +168,7 @@ def step_structure(work: Workload, build: Callable, frequency: int) -> dict[str,
     counted, timed = [], []
     for sink in (counted, timed):
         model = copy.deepcopy(work.model).train()
-        optimizer = build(model.parameters(), frequency)
+        optimizer = build(model, frequency)
         device = next(model.parameters()).device
         for _ in range(START + frequency):
             optimizer.zero_grad(set_to_none=True)
@@ -190,11 +194,12 @@ def step_structure(work: Workload, build: Callable, frequency: int) -> dict[str,
 
 
 def measure(work: Workload, frequency: int, builders: dict[str, Callable], windows: int, structure: bool) -> list[dict]:
-    contenders = {"AdamW": lambda p, f: torch.optim.AdamW(p, lr=LR), **builders}
+    """Rows of table 1 (and 2, with ``structure``) for ``builders``: name -> (model, f) -> optimizer."""
+    contenders = {"AdamW": lambda m, f: torch.optim.AdamW(m.parameters(), lr=LR), **builders}
     runs = {}
     for name, build in contenders.items():
         model = copy.deepcopy(work.model).train()
-        optimizer = build(model.parameters(), frequency)
+        optimizer = build(model, frequency)
         train_steps(model, optimizer, work.loss, WARMUP)
         runs[name] = (model, optimizer, [])
     steps = frequency * max(1, -(-work.min_steps // frequency))
