@@ -41,7 +41,7 @@ from basinlab.optim.layout import Bucket, flatten_diagonal, gather
 from basinlab.optim.orthogonal import newton_schulz
 from basinlab.optim.shampoo_options import NONFINITE_POLICIES
 
-NS_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}
+NS_DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
 SCALES = ("rms", "spectral")
 RMS_MATCH = 0.2  # AdamW's typical update RMS
 # Columns of the coefficient table, in the order _coefficients asks for them.
@@ -75,7 +75,7 @@ class Muon(BucketedOptimizer):
         momentum, nesterov: Muon's momentum EMA and Nesterov look-ahead.
         ns_steps: Newton–Schulz iterations.
         ns_dtype: "auto" (bfloat16 where matmuls are native in it: CUDA, CPUs with AVX512-BF16 or AMX;
-            float32 elsewhere), "bfloat16" or "float32".
+            float32 elsewhere), "bfloat16", "float32" or "float64" (for float64 references).
         scale: "rms" (0.2 sqrt(max(h, w)): AdamW-like update RMS) or "spectral" (sqrt(max(1, h/w))).
         weight_decay: decoupled weight decay of both halves.
         adamw_betas, adamw_eps: the AdamW half's betas and epsilon.

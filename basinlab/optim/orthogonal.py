@@ -27,7 +27,7 @@ def newton_schulz(matrices: torch.Tensor, steps: int = NEWTON_SCHULZ_STEPS, dtyp
     x = matrices.mT if tall else matrices
     peaks = x.abs().amax(dim=(-2, -1), keepdim=True).clamp_min_(torch.finfo(x.dtype).tiny)
     x = x / peaks  # first to max |x| = 1: the squares in the norm of a huge (finite) block cannot overflow
-    norms = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True, dtype=torch.float32)
+    norms = torch.linalg.vector_norm(x, dim=(-2, -1), keepdim=True, dtype=torch.promote_types(x.dtype, torch.float32))
     x = (x / (norms + NORM_EPSILON)).to(dtype)
     a, b, c = NEWTON_SCHULZ_COEFFICIENTS
     for _ in range(steps):
