@@ -25,7 +25,6 @@ of their defaults. pytorch-optimizer's Muon gets our parameter rule's groups (us
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 

@@ -83,6 +83,11 @@ class CoefficientTable:
             out.append(UnitCoefficients(unit_ok.view(-1, 1, 1), columns, chosen))
         return out
 
+    def masked(self, grads: Sequence[torch.Tensor], coefficients: Sequence[UnitCoefficients]) -> list[torch.Tensor]:
+        """The gradients with unusable rows (non-finite, absent) set to 0."""
+        zero = self.zero(grads[0])
+        return [torch.where(c.usable, g, zero) for g, c in zip(grads, coefficients)]
+
     def zero(self, like: torch.Tensor) -> torch.Tensor:
         """A cached 0-d zero (``torch.where(mask, x, 0.0)`` would build one every call)."""
         key = ("zero", like.dtype, like.device)

@@ -127,6 +127,7 @@ class BucketedOptimizer(torch.optim.Optimizer):
         return None
 
     def _update_statistics(self, step: GroupStep) -> None:
+        """Advance the statistics of ``step.owned`` (called only when this rank owns some of the group)."""
         raise NotImplementedError
 
     def _refresh(self, steps: list[GroupStep]) -> None:
@@ -149,7 +150,10 @@ class BucketedOptimizer(torch.optim.Optimizer):
         with record_function(f"{phase}.statistics"):
             steps = [s for g, group in enumerate(self.param_groups) if (s := self._group_step(plan, g, group))]
             for step in steps:
-                self._update_statistics(step)
+                if step.group.get("nonfinite_grads") == "raise":
+                    self._raise_on_nonfinite(step)
+                if step.owned:
+                    self._update_statistics(step)
         with record_function(f"{phase}.root"):
             self._refresh(steps)
         if plan.distribution is None:

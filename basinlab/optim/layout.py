@@ -288,3 +288,13 @@ def diagonal_pairs(bucket: DiagonalBucket, params: Sequence[torch.Tensor], flat:
     pieces = flat.split(list(bucket.sizes))
     targets = [params[i] for i in bucket.params]
     return targets, [p.view(t.shape) if t.dim() != 1 else p for p, t in zip(pieces, targets)]
+
+
+def unit_gradients(units: Sequence[Bucket | DiagonalBucket], grads: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each unit's gradients stacked as it computes on them: [B, h, w] for a bucket, flat for the diagonal."""
+    return [gather(u, grads) if isinstance(u, Bucket) else flatten_diagonal(u, grads) for u in units]
+
+
+def unit_param(unit: Bucket | DiagonalBucket, params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A parameter of ``unit`` (whose dtype and device its state takes)."""
+    return params[unit.tiles[0].param if isinstance(unit, Bucket) else unit.params[0]]

@@ -37,7 +37,7 @@ import torch
 from basinlab.optim import grafting as adam_math
 from basinlab.optim.coefficients import CoefficientTable
 from basinlab.optim.engine import BucketedOptimizer, GroupStep
-from basinlab.optim.layout import Bucket, flatten_diagonal, gather
+from basinlab.optim.layout import Bucket, unit_gradients, unit_param
 from basinlab.optim.orthogonal import newton_schulz
 from basinlab.optim.shampoo_options import NONFINITE_POLICIES
 
@@ -128,14 +128,9 @@ class Muon(BucketedOptimizer):
             weight_decay=weight_decay, adamw_betas=tuple(adamw_betas), adamw_eps=adamw_eps,
             max_preconditioner_dim=max_preconditioner_dim, nonfinite_grads=nonfinite_grads,
         )
-        super().__init__(
-            params,
-            defaults,
-            distributed=distributed,
-            communication_dtype=communication_dtype,
-            process_group=process_group,
-            distributed_group_size=distributed_group_size,
-        )
+        distribution = dict(distributed=distributed, communication_dtype=communication_dtype,
+                            process_group=process_group, distributed_group_size=distributed_group_size)
+        super().__init__(params, defaults, **distribution)
         self._table = CoefficientTable()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -166,10 +161,6 @@ class Muon(BucketedOptimizer):
 
     def _update_statistics(self, step: GroupStep) -> None:
         group, units = step.group, step.owned
-        if group["nonfinite_grads"] == "raise":
-            self._raise_on_nonfinite(step)
-        if not units:
-            return
         params = group["params"]
         beta1, beta2 = group["adamw_betas"]
         coefficients = self._table.build(
@@ -180,10 +171,8 @@ class Muon(BucketedOptimizer):
             dtype=params[0].dtype,
             factor_dtype=params[0].dtype,
         )
-        raw = [gather(u, step.grads) if isinstance(u, Bucket) else flatten_diagonal(u, step.grads) for u in units]
-        zero = self._table.zero(raw[0])
-        grads = [torch.where(c.usable, g, zero) for g, c in zip(raw, coefficients)]
-        states = [self._unit_state(u, params[u.tiles[0].param if isinstance(u, Bucket) else u.params[0]]) for u in units]
+        grads = self._table.masked(unit_gradients(units, step.grads), coefficients)
+        states = [self._unit_state(u, unit_param(u, params)) for u in units]
         muon = [i for i, u in enumerate(units) if orthogonalised(u)]
         adam = [i for i, u in enumerate(units) if not orthogonalised(u)]
         if muon:

@@ -58,7 +58,7 @@ from basinlab.optim import shampoo_math
 from basinlab.optim.coefficients import CoefficientTable, UnitCoefficients
 from basinlab.optim.engine import BucketedOptimizer, GroupStep
 from basinlab.optim.kronecker import RootJob, init_factors, refresh_roots, settle_refreshes
-from basinlab.optim.layout import Bucket, flatten_diagonal, gather
+from basinlab.optim.layout import Bucket, unit_gradients, unit_param
 from basinlab.optim.legacy import upgrade_legacy_state
 from basinlab.optim.schedule import is_due, stagger_offsets
 from basinlab.optim.shampoo_math import FACTOR_CORRECTION, FACTOR_DECAY, GroupSettings
@@ -153,14 +153,9 @@ class Shampoo(BucketedOptimizer):
             max_root_failures=max_root_failures,
         )
         defaults = check_options(options)
-        super().__init__(
-            params,
-            defaults,
-            distributed=distributed,
-            communication_dtype=communication_dtype,
-            process_group=process_group,
-            distributed_group_size=distributed_group_size,
-        )
+        distribution = dict(distributed=distributed, communication_dtype=communication_dtype,
+                            process_group=process_group, distributed_group_size=distributed_group_size)
+        super().__init__(params, defaults, **distribution)
         self._constants: dict = {}
         self._table = CoefficientTable()
         if torch_compile not in (True, False):
@@ -277,17 +272,10 @@ class Shampoo(BucketedOptimizer):
 
     def _update_statistics(self, step: GroupStep) -> None:
         group, units = step.group, step.owned
-        if group["nonfinite_grads"] == "raise":
-            self._raise_on_nonfinite(step)
-        if not units:
-            return
         params = group["params"]
         coefficients = self._coefficients(step, units)
-        raw, states = [], []
-        for unit in units:
-            like = params[unit.tiles[0].param if isinstance(unit, Bucket) else unit.params[0]]
-            raw.append(gather(unit, step.grads) if isinstance(unit, Bucket) else flatten_diagonal(unit, step.grads))
-            states.append(self._unit_state(unit, group, like))
+        raw = unit_gradients(units, step.grads)
+        states = [self._unit_state(unit, group, unit_param(unit, params)) for unit in units]
         settings = self._settings(group, units)
         grads = self._math("statistics")(
             settings,

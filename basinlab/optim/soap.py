@@ -32,7 +32,7 @@ from basinlab.optim import grafting as adam_math
 from basinlab.optim.coefficients import CoefficientTable
 from basinlab.optim.engine import BucketedOptimizer, GroupStep
 from basinlab.optim.kronecker import factored_sides, update_factors
-from basinlab.optim.layout import Bucket, flatten_diagonal, gather
+from basinlab.optim.layout import Bucket, unit_gradients, unit_param
 from basinlab.optim.schedule import is_due
 from basinlab.optim.shampoo_options import NONFINITE_POLICIES, factor_dtype_of
 from basinlab.optim.soap_math import project, project_back, refresh_basis
@@ -112,14 +112,9 @@ class SOAP(BucketedOptimizer):
             one_sided_dim=one_sided_dim, basis_method=basis_method, factor_dtype=str(dtype).removeprefix("torch."),
             nonfinite_grads=nonfinite_grads,
         )
-        super().__init__(
-            params,
-            defaults,
-            distributed=distributed,
-            communication_dtype=communication_dtype,
-            process_group=process_group,
-            distributed_group_size=distributed_group_size,
-        )
+        distribution = dict(distributed=distributed, communication_dtype=communication_dtype,
+                            process_group=process_group, distributed_group_size=distributed_group_size)
+        super().__init__(params, defaults, **distribution)
         self._table = CoefficientTable()
 
     def diagnostics(self) -> dict[str, int]:
@@ -152,10 +147,6 @@ class SOAP(BucketedOptimizer):
     def _update_statistics(self, step: GroupStep) -> None:
         """Mask the gradients and advance the factors (the moments move after the basis refresh)."""
         group, units = step.group, step.owned
-        if group["nonfinite_grads"] == "raise":
-            self._raise_on_nonfinite(step)
-        if not units:
-            return
         params = group["params"]
         beta1, beta2 = group["betas"]
         factor_dtype = factor_dtype_of(group["factor_dtype"])
@@ -168,12 +159,8 @@ class SOAP(BucketedOptimizer):
             factor_dtype=factor_dtype,
             factor_columns=(FACTOR_DECAY,),
         )
-        raw = [gather(u, step.grads) if isinstance(u, Bucket) else flatten_diagonal(u, step.grads) for u in units]
-        zero = self._table.zero(raw[0])
-        grads = [torch.where(c.usable, g, zero) for g, c in zip(raw, coefficients)]
-        states = [
-            self._unit_state(u, params[u.tiles[0].param if isinstance(u, Bucket) else u.params[0]], factor_dtype) for u in units
-        ]
+        grads = self._table.masked(unit_gradients(units, step.grads), coefficients)
+        states = [self._unit_state(u, unit_param(u, params), factor_dtype) for u in units]
         factors, decays = [], []
         for unit, state, c in zip(units, states, coefficients):
             for side, _ in factored_sides(unit) if rotated(unit) else ():
