@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/batching.py
 	$(BIN)/python benchmarks/mnist_recipe_speed.py
 	$(BIN)/python benchmarks/optimizer_step.py
+	$(BIN)/python benchmarks/soap_muon.py
 	$(BIN)/python benchmarks/distributed_shampoo.py
 	$(BIN)/python benchmarks/sparsity.py
 	$(BIN)/python benchmarks/text_hooks.py

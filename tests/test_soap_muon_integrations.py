@@ -5,6 +5,7 @@ recipe from a config (two seeds in one stack), Accelerate, and the HF Trainer on
 import json
 
 import datasets
+import pytest
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -35,14 +36,15 @@ def test_mnist_recipe_trains_soap_and_muon_arms_from_a_config(tiny_config, tmp_p
     assert "soap" in report and "muon" in report
 
 
-def test_muon_under_accelerate_in_one_process():
+@pytest.mark.parametrize("name", ["soap", "muon"])
+def test_soap_and_muon_under_accelerate_in_one_process(name):
     accelerator = Accelerator(cpu=True)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(256, 8, generator=generator)
     y = x @ torch.randn(8, 2, generator=generator) * 0.5
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 2))
-    optimizer = build_optimizer("muon", model, lr=0.02)
+    optimizer = build_optimizer(name, model, lr=0.02, **({"precondition_frequency": 2} if name == "soap" else {}))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     losses = []
@@ -54,9 +56,11 @@ def test_muon_under_accelerate_in_one_process():
             optimizer.step()
             losses.append(loss.item())
     assert sum(losses[-4:]) / 4 < 0.25 * sum(losses[:4]) / 4, losses
-    muon = underlying(optimizer)
-    # the two hidden matrices take Muon; the head (last Linear) and the biases AdamW
-    assert muon.diagnostics() == {"skipped_steps": 0, "muon_params": 2, "adamw_params": 4}
+    inner = underlying(optimizer)
+    if name == "muon":  # the two hidden matrices take Muon; the head (last Linear) and the biases AdamW
+        assert inner.diagnostics() == {"skipped_steps": 0, "muon_params": 2, "adamw_params": 4}
+    else:
+        assert inner.diagnostics() == {"skipped_steps": 0, "basis_failures": 0, "rotated_params": 3}
 
 
 def _trainer(tmp_path, optimizer_cls_and_kwargs, max_steps=24):
