@@ -156,5 +156,6 @@ def test_paper_configs_name_the_tune_command_that_chooses_their_learning_rates(n
     assert args.config == path.relative_to(CONFIGS.parents[1]) and args.write == args.config
     config = load_config(CONFIGS.parents[1] / args.config)
     derived, plan = derive_config(config, dict(parse_grid(g) for g in args.grid), args.key)
-    assert set(plan) == {o.label for o in config.optimizers} == {"sgd", "adamw", "shampoo"}
+    # the first command tunes the original three arms; SOAP's and Muon's tune is a second command
+    assert set(plan) == {"sgd", "adamw", "shampoo"} and set(plan) <= {o.label for o in config.optimizers}
     assert len(derived.optimizers) == 12 and derived.seeds == [0] and derived.data.num_tasks == 1
