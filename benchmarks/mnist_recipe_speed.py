@@ -47,7 +47,7 @@ OPTIMIZERS = {
 def group_time(accelerator, config, streams: dict[int, TaskStream], seeds: list[int]) -> float:
     members = [Member(seed, streams[seed], f"seed{seed}") for seed in seeds]
     started = time.perf_counter()
-    ArmTrainer(accelerator, config, config.optimizers[0], members, None, tqdm(disable=True)).train()
+    ArmTrainer(accelerator, config, config.arms[0], members, None, tqdm(disable=True)).train()
     return time.perf_counter() - started
 
 
@@ -100,7 +100,7 @@ def main() -> None:
         header += f" | {'run, 1 worker':>13} {f'{args.workers} workers':>10} {'speedup':>8}"
     print(f"{header}\n{'-' * len(header)}")
     for name in args.optimizers:
-        config = config_from_dict({**base, "optimizers": [OPTIMIZERS[name]]})
+        config = config_from_dict({**base, "arms": [OPTIMIZERS[name]]})
         alone, grouped = median_ratio(
             lambda: sum(group_time(accelerator, config, streams, [s]) for s in seeds),
             lambda: group_time(accelerator, config, streams, seeds),

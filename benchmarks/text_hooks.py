@@ -64,14 +64,14 @@ def main() -> None:
         "data": {"domains": ["news"], "max_length": args.max_length},
         "model": {"preset": args.preset},
         "train": {"steps_per_domain": args.steps, "batch_size": args.batch_size, "logging_steps": 10},
-        "optimizers": [{"name": "adamw", "lr": 1e-3, "weight_decay": 0.01}],
+        "arms": [{"name": "adamw", "lr": 1e-3, "weight_decay": 0.01}],
     })
     tokenizer, domains = load_domains(config)
     tokens_per_step = args.batch_size * args.max_length
     with tempfile.TemporaryDirectory() as folder:
         run = RunDirectory(folder)
         run.open(config.to_yaml())
-        unit = TextUnit(config, config.optimizers[0], 0, domains, tokenizer, run, main=True, process_kwargs={})
+        unit = TextUnit(config, config.arms[0], 0, domains, tokenizer, run, main=True, process_kwargs={})
         plain_model = build_bert_mlm(args.preset, len(tokenizer), args.max_length, seed=0, pad_token_id=tokenizer.pad_token_id)
         plain_optimizer = torch.optim.AdamW(plain_model.parameters(), lr=1e-3, weight_decay=0.01)
         carried = None

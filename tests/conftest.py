@@ -48,7 +48,7 @@ def tiny_config(tmp_path, mnist_cache_dir):
                 "cache_dir": str(mnist_cache_dir),
             },
             "train": {"batch_size": 64, "max_epochs": 1, "patience": 1},
-            "optimizers": [{"name": "sgd", "lr": 0.05, "momentum": 0.9}, {"name": "adamw", "lr": 0.001}],
+            "arms": [{"name": "sgd", "lr": 0.05, "momentum": 0.9}, {"name": "adamw", "lr": 0.001}],
             "log_with": "none",
         }
         for key, value in sections.items():

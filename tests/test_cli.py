@@ -21,7 +21,7 @@ def test_help_lists_the_commands(capsys):
     [
         (["run", "missing.yaml"], "config file 'missing.yaml' does not exist"),
         (["run", "{config}", "--set", "train.max_epoch=3"], "unknown config key 'train.max_epoch'"),
-        (["run", "{config}", "--set", "optimizers.sgd.name=lion"], "unknown optimizer 'lion'"),
+        (["run", "{config}", "--set", "arms.sgd.name=lion"], "unknown optimizer 'lion'"),
         (["report", "{tmp}/nowhere"], "does not exist"),
         (["report", "{tmp}"], "is not a basinlab run directory"),
         (["prepare", "mnist", "--from-idx", "{tmp}/nowhere", "--cache-dir", "{tmp}/cache"], "nowhere"),
@@ -37,7 +37,7 @@ def test_user_mistakes_print_one_line_and_exit_2(argv, message, tiny_config, tmp
 
 def test_no_traceback_from_the_real_command(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("optimizers: [{name: sgd, lr: 0.1}]\ntrain: {batch_size: -4}\n")
+    bad.write_text("arms: [{name: sgd, lr: 0.1}]\ntrain: {batch_size: -4}\n")
     result = subprocess.run([sys.executable, "-m", "basinlab", "run", str(bad)], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == "basinlab: error: config key 'train.batch_size' must be >= 1"

@@ -8,26 +8,26 @@ from basinlab.errors import UserError
 from basinlab.launch.config import config_from_dict, load_config
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/mnist/*.yaml"))
-MINIMAL = {"optimizers": [{"name": "sgd", "lr": 0.1}]}
+MINIMAL = {"arms": [{"name": "sgd", "lr": 0.1}]}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_shipped_configs_are_valid(path):
     config = load_config(path)
-    assert config.name == path.stem and config.optimizers
+    assert config.name == path.stem and config.arms
 
 
 def test_overrides_by_key_label_and_index(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("optimizers:\n  - {name: sgd, lr: 0.1}\n  - {name: adamw, label: aw, lr: 0.001}\n")
+    path.write_text("arms:\n  - {name: sgd, lr: 0.1}\n  - {name: adamw, label: aw, lr: 0.001}\n")
     config = load_config(
         path,
-        ["train.max_epochs=7", "seeds=[3, 4]", "optimizers.sgd.momentum=0.9", "optimizers.1.lr=0.01", "data.max_train_examples=null"],
+        ["train.max_epochs=7", "seeds=[3, 4]", "arms.sgd.momentum=0.9", "arms.1.lr=0.01", "data.max_train_examples=null"],
     )
     assert config.name == "c" and config.train.max_epochs == 7 and config.seeds == [3, 4]
-    assert config.optimizers[0].options == {"lr": 0.1, "momentum": 0.9}
-    assert config.optimizers[1].label == "aw" and config.optimizers[1].options == {"lr": 0.01}
-    assert load_config(path, ["optimizers.aw.lr=0.5"]).optimizers[1].options["lr"] == 0.5
+    assert config.arms[0].options == {"lr": 0.1, "momentum": 0.9}
+    assert config.arms[1].label == "aw" and config.arms[1].options == {"lr": 0.01}
+    assert load_config(path, ["arms.aw.lr=0.5"]).arms[1].options["lr"] == 0.5
 
 
 def test_ints_are_accepted_for_float_options_and_round_trip():
@@ -49,20 +49,20 @@ def test_ints_are_accepted_for_float_options_and_round_trip():
         ({**MINIMAL, "data": {"stream": "class_incremental", "num_tasks": 6}}, "at most 5 tasks"),
         ({**MINIMAL, "seeds": []}, "'seeds' must list at least one seed"),
         ({**MINIMAL, "seeds": [1, 1]}, "must not repeat"),
-        ({"optimizers": []}, "must list at least one optimizer"),
-        ({"optimizers": [{"name": "lion"}]}, r"optimizers\[0\]' \(lion\): unknown optimizer 'lion'; available: adamw"),
-        ({"optimizers": [{"name": "sgd", "lrr": 1}]}, "has no option 'lrr'"),
-        ({"optimizers": [{"name": "adamw", "lr": -1.0}]}, "Invalid learning rate"),
-        ({"optimizers": [{"lr": 0.1}]}, "must be a mapping with a 'name'"),
-        ({"optimizers": [{"name": "sgd"}, {"name": "sgd"}]}, "labels must be unique"),
-        ({"optimizers": [{"name": "sgd", "label": "a/b"}]}, "label' must be letters"),
-        ({"optimizers": [{"name": "sgd", "then": {"name": "sgd"}}]}, r"optimizers\[0\]' \(sgd\) needs both 'then' and 'switch_after_steps'"),
-        ({"optimizers": [{"name": "sgd", "switch_after_steps": 5}]}, "needs both 'then' and 'switch_after_steps' or neither"),
-        ({"optimizers": [{"name": "sgd", "then": "adamw", "switch_after_steps": 5}]}, r"optimizers\[0\]\.then' must be a mapping with a 'name'"),
-        ({"optimizers": [{"name": "sgd", "then": {"name": "sgd", "lrr": 1}, "switch_after_steps": 5}]}, r"optimizers\[0\]\.then' \(sgd\): optimizer 'sgd' has no option 'lrr'"),
-        ({"optimizers": [{"name": "sgd", "then": {"name": "adamw", "lr": -1.0}, "switch_after_steps": 5}]}, r"optimizers\[0\]\.then' \(sgd\): Invalid learning rate"),
-        ({"optimizers": [{"name": "sgd", "then": {"name": "sgd"}, "switch_after_steps": 0}]}, r"optimizers\[0\]\.switch_after_steps' must be >= 1"),
-        ({"recipe": "text", "optimizers": [{"name": "sgd", "then": {"name": "sgd"}, "switch_after_steps": 5}]}, "then/switch_after_steps, which only the mnist recipe supports"),
+        ({"arms": []}, "must list at least one arm"),
+        ({"arms": [{"name": "lion"}]}, r"arms\[0\]' \(lion\): unknown optimizer 'lion'; available: adamw"),
+        ({"arms": [{"name": "sgd", "lrr": 1}]}, "has no option 'lrr'"),
+        ({"arms": [{"name": "adamw", "lr": -1.0}]}, "Invalid learning rate"),
+        ({"arms": [{"lr": 0.1}]}, "must be a mapping with a 'name'"),
+        ({"arms": [{"name": "sgd"}, {"name": "sgd"}]}, "labels must be unique"),
+        ({"arms": [{"name": "sgd", "label": "a/b"}]}, "label' must be letters"),
+        ({"arms": [{"name": "sgd", "then": {"name": "sgd"}}]}, r"arms\[0\]' \(sgd\) needs both 'then' and 'switch_after_steps'"),
+        ({"arms": [{"name": "sgd", "switch_after_steps": 5}]}, "needs both 'then' and 'switch_after_steps' or neither"),
+        ({"arms": [{"name": "sgd", "then": "adamw", "switch_after_steps": 5}]}, r"arms\[0\]\.then' must be a mapping with a 'name'"),
+        ({"arms": [{"name": "sgd", "then": {"name": "sgd", "lrr": 1}, "switch_after_steps": 5}]}, r"arms\[0\]\.then' \(sgd\): optimizer 'sgd' has no option 'lrr'"),
+        ({"arms": [{"name": "sgd", "then": {"name": "adamw", "lr": -1.0}, "switch_after_steps": 5}]}, r"arms\[0\]\.then' \(sgd\): Invalid learning rate"),
+        ({"arms": [{"name": "sgd", "then": {"name": "sgd"}, "switch_after_steps": 0}]}, r"arms\[0\]\.switch_after_steps' must be >= 1"),
+        ({"recipe": "text", "arms": [{"name": "sgd", "then": {"name": "sgd"}, "switch_after_steps": 5}]}, "then/switch_after_steps, which only the mnist recipe supports"),
         ([1, 2], "must be a YAML mapping"),
     ],
 )
@@ -75,14 +75,14 @@ def test_bad_files_and_overrides(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_config(tmp_path / "missing.yaml")
     broken = tmp_path / "broken.yaml"
-    broken.write_text("optimizers: [\n")
+    broken.write_text("arms: [\n")
     with pytest.raises(UserError, match="not valid YAML at line"):
         load_config(broken)
     good = tmp_path / "good.yaml"
-    good.write_text("optimizers: [{name: sgd, lr: 0.1}]\n")
+    good.write_text("arms: [{name: sgd, lr: 0.1}]\n")
     with pytest.raises(UserError, match="expects key=value"):
         load_config(good, ["train.max_epochs"])
     with pytest.raises(UserError, match="no optimizer with index or label 'adamw'"):
-        load_config(good, ["optimizers.adamw.lr=1"])
+        load_config(good, ["arms.adamw.lr=1"])
     with pytest.raises(UserError, match="unknown config key 'train.epochs'"):
         load_config(good, ["train.epochs=3"])

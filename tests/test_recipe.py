@@ -22,7 +22,7 @@ def finished_run(tmp_path_factory, mnist_cache_dir):
         "seeds: [0, 1]\n"
         f"data: {{num_tasks: 3, max_train_examples: 1500, validation_size: 1000, probe_size: 200, cache_dir: '{mnist_cache_dir}'}}\n"
         "train: {batch_size: 64, max_epochs: 2, patience: 1}\n"
-        "optimizers: [{name: sgd, lr: 0.05, momentum: 0.9}, {name: adamw, lr: 0.001}]\n"
+        "arms: [{name: sgd, lr: 0.05, momentum: 0.9}, {name: adamw, lr: 0.001}]\n"
     )
     return run_experiment(load_config(path), path.parent / "out")
 
@@ -71,7 +71,7 @@ def test_units_keep_validation_curves_and_the_summary_carries_intervals_and_the_
     assert (pair["a"], pair["b"], pair["seeds"]) == ("sgd", "adamw", [0, 1]) and pair["acc"]["n"] == 2
     card = summary["property_card"]
     assert card["convergence_target"] == 0.95 and card["sparsity_threshold"] == "0.001"
-    assert set(card["optimizers"]["sgd"]) == {
+    assert set(card["arms"]["sgd"]) == {
         "convergence_steps", "acc", "forgetting", "final_effective_rank", "final_cross_class_cosine", "sparsity"
     }
     report = (finished_run / "report.md").read_text()
@@ -114,10 +114,10 @@ def test_existing_run_needs_resume_and_an_unchanged_config(finished_run):
 
 
 def test_early_stopping_restores_the_best_weights(tiny_config, mnist_arrays):
-    config = load_config(tiny_config(train={"max_epochs": 6, "patience": 2}, optimizers=[{"name": "sgd", "lr": 0.5}]))
+    config = load_config(tiny_config(train={"max_epochs": 6, "patience": 2}, arms=[{"name": "sgd", "lr": 0.5}]))
     tasks = build_tasks("permuted", mnist_arrays, 1, seed=0, validation_size=1000, probe_size=50, max_train_examples=600)
     stream = TaskStream(mnist_arrays, tasks)
-    trainer = ArmTrainer(Accelerator(cpu=True), config, config.optimizers[0], [Member(0, stream, "u")], None, tqdm(disable=True))
+    trainer = ArmTrainer(Accelerator(cpu=True), config, config.arms[0], [Member(0, stream, "u")], None, tqdm(disable=True))
     (fit,) = trainer.fit_task(0)
     assert 1 <= fit["epochs"] <= 6
     assert accuracy(trainer.net(0), stream, 0, "val", 10_000) == fit["best_val_accuracy"]
@@ -127,9 +127,9 @@ def test_optimizer_state_carries_over_or_resets(tiny_config, mnist_arrays):
     tasks = build_tasks("permuted", mnist_arrays, 2, seed=0, validation_size=1000, probe_size=50, max_train_examples=300)
     steps = {}
     for reset in (False, True):
-        config = load_config(tiny_config(train={"reset_optimizer_per_task": reset}, optimizers=[{"name": "adamw"}]))
+        config = load_config(tiny_config(train={"reset_optimizer_per_task": reset}, arms=[{"name": "adamw"}]))
         member = Member(0, TaskStream(mnist_arrays, tasks), "u")
-        trainer = ArmTrainer(Accelerator(cpu=True), config, config.optimizers[0], [member], None, tqdm(disable=True))
+        trainer = ArmTrainer(Accelerator(cpu=True), config, config.arms[0], [member], None, tqdm(disable=True))
         trainer.train()
         state = trainer.optimizer.state[next(iter(trainer.net(0).parameters()))]
         steps[reset] = int(torch.as_tensor(state["step"]).item())
@@ -140,13 +140,13 @@ def test_optimizer_state_carries_over_or_resets(tiny_config, mnist_arrays):
 def test_sparsity_arms_prune_and_report(tiny_config, tmp_path):
     """Powerprop and L1 arms next to SGD and the sparsity preconditioner; pruning curves land in the report."""
     config = tiny_config(
-        optimizers=[
+        arms=[
             {"name": "sgd", "lr": 0.05, "momentum": 0.9},
             {"name": "sgd", "label": "powerprop-a2", "lr": 0.05, "momentum": 0.9, "model": {"powerprop_alpha": 2.0}},
             {"name": "sgd", "label": "sgd-l1", "lr": 0.05, "momentum": 0.9, "l1_penalty": 1e-3},
             {"name": "sparsity", "label": "sparsity-b1", "lr": 0.5, "beta": 1.0, "momentum": 0.9},
         ],
-        sparsity={"prune": True, "keep_fractions": [1.0, 0.1, 0.01], "finetune_steps": 3},
+        pruning={"enabled": True, "keep_fractions": [1.0, 0.1, 0.01], "finetune_steps": 3},
         log_with="none",
     )
     run = run_experiment(load_config(config), tmp_path / "out")

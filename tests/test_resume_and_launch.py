@@ -63,7 +63,7 @@ def test_killed_run_resumes_to_the_same_summary(tiny_config, tmp_path):
 
 def test_two_process_accelerate_launch_matches_one_process(tiny_config, tmp_path):
     optimizers = [{"name": "sgd", "lr": 0.05, "momentum": 0.9}, {"name": "shampoo", "lr": 0.002, "precondition_frequency": 5}]
-    config = tiny_config(seeds=[0], data={"num_tasks": 2}, train={"max_epochs": 2}, optimizers=optimizers)
+    config = tiny_config(seeds=[0], data={"num_tasks": 2}, train={"max_epochs": 2}, arms=optimizers)
     single, double = tmp_path / "one", tmp_path / "two"
     assert _run(config, "--output", single).returncode == 0
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))

@@ -34,7 +34,7 @@ def _streams(mnist_arrays, stream="permuted"):
 
 def _train(config, streams, seeds):
     members = [Member(seed, streams[seed], f"seed{seed}") for seed in seeds]
-    trainer = ArmTrainer(Accelerator(cpu=True), config, config.optimizers[0], members, None, tqdm(disable=True))
+    trainer = ArmTrainer(Accelerator(cpu=True), config, config.arms[0], members, None, tqdm(disable=True))
     results = trainer.train()
     for result in results:
         result.pop("wall_time_s"), result.pop("seeds_trained_together")
@@ -44,7 +44,7 @@ def _train(config, streams, seeds):
 @pytest.mark.parametrize("arm", list(ARMS))
 def test_a_group_of_seeds_trains_each_seed_bitwise_as_alone(tiny_config, mnist_arrays, arm):
     # patience 1 over 4 epochs: seeds may stop early, at different epochs, and sit out the rest
-    config = load_config(tiny_config(train={"max_epochs": 4, "patience": 1}, optimizers=[ARMS[arm]]))
+    config = load_config(tiny_config(train={"max_epochs": 4, "patience": 1}, arms=[ARMS[arm]]))
     streams = _streams(mnist_arrays)
     together, weights = _train(config, streams, [0, 1, 2])
     for i, seed in enumerate([0, 1, 2]):

@@ -43,15 +43,15 @@ def is_matrix(param: torch.Tensor) -> bool:
 
 def test_mnist_recipe_trains_with_shampoo_from_a_config(tiny_config, tmp_path):
     config = load_config(
-        tiny_config(optimizers=[{"name": "shampoo", "lr": 0.001, "precondition_frequency": 5}])
+        tiny_config(arms=[{"name": "shampoo", "lr": 0.001, "precondition_frequency": 5}])
     )
-    assert config.optimizers[0].name == "shampoo"
+    assert config.arms[0].name == "shampoo"
     run = run_experiment(config, tmp_path / "out")
 
     summary = json.loads((run / "summary.json").read_text())
     assert summary["complete"] and [u["unit"] for u in summary["units"]] == ["shampoo__seed0"]
     unit = summary["units"][0]
-    assert unit["optimizer_name"] == "shampoo" and summary["optimizers"]["shampoo"] == {
+    assert unit["optimizer_name"] == "shampoo" and summary["arms"]["shampoo"] == {
         "name": "shampoo", "lr": 0.001, "precondition_frequency": 5
     }
     R = unit["accuracy_matrix"]
@@ -67,10 +67,10 @@ def test_mnist_recipe_trains_with_shampoo_from_a_config(tiny_config, tmp_path):
 
 def test_mnist_recipe_shampoo_parameters_stay_finite_and_get_preconditioned(tiny_config, mnist_arrays):
     """The recipe's own per-unit trainer, so the trained weights and optimizer are in reach."""
-    config = load_config(tiny_config(optimizers=[{"name": "shampoo", "lr": 0.001, "precondition_frequency": 5}]))
+    config = load_config(tiny_config(arms=[{"name": "shampoo", "lr": 0.001, "precondition_frequency": 5}]))
     tasks = build_tasks("permuted", mnist_arrays, 2, seed=0, validation_size=1000, probe_size=200, max_train_examples=2000)
     member = Member(0, TaskStream(mnist_arrays, tasks), "u")
-    trainer = ArmTrainer(Accelerator(cpu=True), config, config.optimizers[0], [member], None, tqdm(disable=True))
+    trainer = ArmTrainer(Accelerator(cpu=True), config, config.arms[0], [member], None, tqdm(disable=True))
     (result,) = trainer.train()
     optimizer = underlying(trainer.optimizer)
     assert isinstance(optimizer, Shampoo)

@@ -19,7 +19,7 @@ from basinlab.optim import SOAP, Muon, build_optimizer, muon_param_groups
 
 
 def test_mnist_recipe_trains_soap_and_muon_arms_from_a_config(tiny_config, tmp_path):
-    config = load_config(tiny_config(seeds=[0, 1], optimizers=[
+    config = load_config(tiny_config(seeds=[0, 1], arms=[
         {"name": "soap", "lr": 0.003, "precondition_frequency": 5},
         {"name": "muon", "lr": 0.003, "adamw_rule": "default"},
     ]))
@@ -31,7 +31,7 @@ def test_mnist_recipe_trains_soap_and_muon_arms_from_a_config(tiny_config, tmp_p
         assert R[0][0] > 0.7, (unit["unit"], R)  # chance is 0.1
         values = [*sum(R, []), unit["acc"], unit["bwt"], *unit["effective_rank"]]
         assert all(torch.isfinite(torch.tensor(values)))
-    assert summary["optimizers"]["muon"] == {"name": "muon", "lr": 0.003, "adamw_rule": "default"}
+    assert summary["arms"]["muon"] == {"name": "muon", "lr": 0.003, "adamw_rule": "default"}
     report = (run / "report.md").read_text()
     assert "soap" in report and "muon" in report
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from basinlab.eval.sparsity import fraction_below, magnitude_masks, pruning_curve
+from basinlab.eval.pruning import fraction_below, magnitude_masks, pruning_curve
 from basinlab.optim import SparsityPreconditioned, build_optimizer
 
 

@@ -64,7 +64,7 @@ def _config(labels, target=0.95):
         "seeds": [0, 1, 2],
         "data": {"stream": "permuted", "num_tasks": 2},
         "train": {"convergence_target": target},
-        "optimizers": [{"name": "sgd", "label": label, "lr": 0.1} for label in labels],
+        "arms": [{"name": "sgd", "label": label, "lr": 0.1} for label in labels],
     }
 
 
@@ -127,7 +127,7 @@ def test_summary_paired_differences_follow_the_config_order(summary):
 def test_summary_property_card(summary):
     card = summary["property_card"]
     assert card["convergence_target"] == 0.95 and card["sparsity_threshold"] == "0.001"
-    sgd, adamw = card["optimizers"]["sgd"], card["optimizers"]["adamw"]
+    sgd, adamw = card["arms"]["sgd"], card["arms"]["adamw"]
     assert sgd["convergence_steps"]["mean"] == 400 and sgd["convergence_steps"]["std"] == 0
     assert adamw["convergence_steps"]["mean"] == 250 and adamw["convergence_steps"]["n"] == 2  # one never reached
     assert sgd["sparsity"]["mean"] == pytest.approx(0.21)
@@ -143,7 +143,7 @@ def test_property_card_leaves_out_what_older_units_lack():
         del unit["val_accuracy_curve"], unit["weights_below"]
     summary = build_summary(_config(["sgd"]), units)
     card = summary["property_card"]
-    assert set(card["optimizers"]["sgd"]) == {"acc", "forgetting", "final_effective_rank", "final_cross_class_cosine"}
+    assert set(card["arms"]["sgd"]) == {"acc", "forgetting", "final_effective_rank", "final_cross_class_cosine"}
     assert card["sparsity_threshold"] is None
     report = render_report(summary, [])
     assert "| optimizer | seeds | ACC ↑ | Forgetting ↓ | eff. rank | cross-class cos |" in report
@@ -164,7 +164,7 @@ def test_report_shows_intervals_paired_differences_and_the_card(summary):
 
 
 def test_convergence_target_is_checked():
-    config = config_from_dict({"optimizers": [{"name": "sgd", "lr": 0.1}]})
+    config = config_from_dict({"arms": [{"name": "sgd", "lr": 0.1}]})
     assert config.train.convergence_target == 0.95
     with pytest.raises(UserError, match="'train.convergence_target' must be in"):
-        config_from_dict({"optimizers": [{"name": "sgd", "lr": 0.1}], "train": {"convergence_target": 1.5}})
+        config_from_dict({"arms": [{"name": "sgd", "lr": 0.1}], "train": {"convergence_target": 1.5}})

@@ -67,7 +67,7 @@ def test_metrics_and_carried_optimizer_state(finished_text_run):
 
 def test_reset_optimizer_per_domain(tmp_path):
     config = text_config(tmp_path, train={"reset_optimizer_per_domain": True, "steps_per_domain": 2, "logging_steps": 1},
-                         optimizers=[{"name": "adamw", "lr": 1e-3}])
+                         arms=[{"name": "adamw", "lr": 1e-3}])
     run_dir = run_text_experiment(config, tmp_path / "out")
     ends = [line for line in metrics_lines(run_dir) if line.get("event") == "domain_end"]
     assert [line["optimizer_steps"] for line in ends] == [2, 2, 2]
@@ -111,7 +111,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(finished_text_run, 
         ({"data": {"probe_sequences": 16}}, "at most data.eval_sequences"),
         ({"train": {"lr_scheduler": "triangle"}}, "train.lr_scheduler"),
         ({"model": {"preset": "huge"}}, "model.preset"),
-        ({"optimizers": [{"name": "sgd", "lr": 0.1, "l1_penalty": 1e-4}]}, "only the mnist recipe"),
+        ({"arms": [{"name": "sgd", "lr": 0.1, "l1_penalty": 1e-4}]}, "only the mnist recipe"),
     ],
 )
 def test_config_mistakes_name_the_key(tmp_path, change, message):

@@ -29,13 +29,13 @@ def tuned(tmp_path_factory, mnist_cache_dir):
         "log_with: none\n"
         f"data: {{num_tasks: 3, max_train_examples: 1000, validation_size: 1000, probe_size: 200, cache_dir: '{mnist_cache_dir}'}}\n"
         "train: {batch_size: 64, max_epochs: 1, patience: 1}\n"
-        "sparsity: {prune: true}\n"
-        "optimizers:\n"
+        "pruning: {enabled: true}\n"
+        "arms:\n"
         "  - {name: sgd, lr: 0.01, momentum: 0.9}\n"
         "  - {name: adamw, lr: 0.001}\n"
         "  - {name: sgd, label: untouched, lr: 0.05}\n"
     )
-    argv = ["tune", str(config), *GRIDS, "--set", "optimizers.untouched.lr=0.02", "--output", str(folder / "out"),
+    argv = ["tune", str(config), *GRIDS, "--set", "arms.untouched.lr=0.02", "--output", str(folder / "out"),
             "--write", str(folder / "tuned.yaml")]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
@@ -47,7 +47,7 @@ def test_the_derived_run_trains_one_task_per_grid_point_on_the_first_seed(tuned)
     run = tuned["out"]
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["name"] == "small-tune" and saved["seeds"] == [3] and saved["data"]["num_tasks"] == 1
-    assert not saved["sparsity"]["prune"]
+    assert not saved["pruning"]["enabled"]
     units = {p.stem: json.loads(p.read_text()) for p in (run / "units").glob("*.json")}
     assert sorted(units) == sorted(
         f"{arm}__seed3" for arm in ["sgd.lr-0.001", "sgd.lr-0.05", "sgd.lr-50", "adamw.lr-0.0001", "adamw.lr-0.01"]
@@ -60,7 +60,7 @@ def test_the_derived_run_trains_one_task_per_grid_point_on_the_first_seed(tuned)
 def test_tune_json_chooses_the_best_validation_accuracy_and_flags_grid_edges(tuned):
     result = json.loads((tuned["out"] / "tune.json").read_text())
     assert result["key"] == "lr" and result["seed"] == 3 and result["task"] == "unpermuted"
-    assert "validation" in result["score"] and "--set optimizers.untouched.lr=0.02" in result["command"]
+    assert "validation" in result["score"] and "--set arms.untouched.lr=0.02" in result["command"]
     assert set(result["arms"]) == {"sgd", "adamw"}
     for arm in result["arms"].values():
         unit_scores = [
@@ -85,13 +85,13 @@ def test_write_gives_the_original_config_with_only_the_chosen_values_changed(tun
     assert all(line.startswith("#") for line in header) and result["command"] in text
     assert "a comment that --write does not keep" not in text
     expected = yaml.safe_load(tuned["config"].read_text())
-    expected["optimizers"][0]["lr"] = result["arms"]["sgd"]["chosen"]
-    expected["optimizers"][1]["lr"] = result["arms"]["adamw"]["chosen"]
-    expected["optimizers"][2]["lr"] = 0.02  # the --set override
+    expected["arms"][0]["lr"] = result["arms"]["sgd"]["chosen"]
+    expected["arms"][1]["lr"] = result["arms"]["adamw"]["chosen"]
+    expected["arms"][2]["lr"] = 0.02  # the --set override
     assert yaml.safe_load(text) == expected
     config = load_config(tuned["written"])
     assert config.name == "small" and config.data.num_tasks == 3 and config.seeds == [3, 1]
-    assert [o.options["lr"] for o in config.optimizers] == [0.05, result["arms"]["adamw"]["chosen"], 0.02]
+    assert [o.options["lr"] for o in config.arms] == [0.05, result["arms"]["adamw"]["chosen"], 0.02]
 
 
 def test_resume_reuses_the_finished_grid(tuned, capsys):
@@ -105,12 +105,12 @@ def test_resume_reuses_the_finished_grid(tuned, capsys):
 
 def test_a_nested_key_tunes_the_second_optimizer_of_a_switching_arm():
     config = config_from_dict(
-        {"optimizers": [{"name": "adamw", "label": "aw-then-sgd", "lr": 0.001,
+        {"arms": [{"name": "adamw", "label": "aw-then-sgd", "lr": 0.001,
                          "then": {"name": "sgd", "lr": 0.05}, "switch_after_steps": 10}]}
     )
     derived, plan = derive_config(config, {"aw-then-sgd": [0.01, 0.1]}, "then.lr")
-    assert [o.label for o in derived.optimizers] == ["aw-then-sgd.then.lr-0.01", "aw-then-sgd.then.lr-0.1"]
-    assert [(o.options["lr"], o.then.options["lr"]) for o in derived.optimizers] == [(0.001, 0.01), (0.001, 0.1)]
+    assert [o.label for o in derived.arms] == ["aw-then-sgd.then.lr-0.01", "aw-then-sgd.then.lr-0.1"]
+    assert [(o.options["lr"], o.then.options["lr"]) for o in derived.arms] == [(0.001, 0.01), (0.001, 0.1)]
     assert plan["aw-then-sgd"]["previous"] == 0.05
 
 
@@ -140,7 +140,7 @@ def test_mistakes_stop_before_training_with_one_line(args, message, tiny_config,
 
 def test_text_configs_are_refused(tmp_path, capsys):
     config = tmp_path / "text.yaml"
-    config.write_text("recipe: text\noptimizers: [{name: adamw, lr: 0.001}]\n")
+    config.write_text("recipe: text\narms: [{name: adamw, lr: 0.001}]\n")
     assert main(["tune", str(config), "--grid", "adamw=1e-4,1e-3"]) == 2
     assert "supports mnist configs only" in capsys.readouterr().err
 
@@ -157,5 +157,5 @@ def test_paper_configs_name_the_tune_command_that_chooses_their_learning_rates(n
     config = load_config(CONFIGS.parents[1] / args.config)
     derived, plan = derive_config(config, dict(parse_grid(g) for g in args.grid), args.key)
     # the first command tunes the original three arms; SOAP's and Muon's tune is a second command
-    assert set(plan) == {"sgd", "adamw", "shampoo"} and set(plan) <= {o.label for o in config.optimizers}
-    assert len(derived.optimizers) == 12 and derived.seeds == [0] and derived.data.num_tasks == 1
+    assert set(plan) == {"sgd", "adamw", "shampoo"} and set(plan) <= {o.label for o in config.arms}
+    assert len(derived.arms) == 12 and derived.seeds == [0] and derived.data.num_tasks == 1

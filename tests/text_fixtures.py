@@ -37,7 +37,7 @@ def tiny_text_config(tmp_path, **sections) -> dict:
             "cache_dir": str(tmp_path / "cache"),
         },
         "train": {"steps_per_domain": STEPS, "batch_size": 8, "logging_steps": 2, "eval_batch_size": 8},
-        "optimizers": [
+        "arms": [
             {"name": "adamw", "lr": 3e-3, "weight_decay": 0.01},
             {"name": "shampoo", "lr": 3e-3, "precondition_frequency": 2, "max_preconditioner_dim": 64},
         ],

@@ -84,7 +84,7 @@ PAIRED_NOTE = ("Each cell: mean over seeds of (a − b) on the same seed (same i
 def property_card_table(summary: dict[str, Any]) -> str:
     """One row per optimizer: the properties the paper compares side by side; columns no unit measured are left out."""
     card = summary["property_card"]
-    rows = [(label, len(summary["aggregate"][label]["seeds"]), row) for label, row in card["optimizers"].items()]
+    rows = [(label, len(summary["aggregate"][label]["seeds"]), row) for label, row in card["arms"].items()]
     columns = [
         (key, title.format(target=card["convergence_target"], threshold=card["sparsity_threshold"]), digits)
         for key, title, digits in PROPERTY_CARD_COLUMNS
@@ -103,7 +103,7 @@ def _options(spec: dict[str, Any]) -> str:
 
 
 def _optimizer_lines(summary: dict[str, Any]) -> list[str]:
-    return [f"- **{label}**: `{spec['name']}` {_options(spec)}" for label, spec in summary["optimizers"].items()]
+    return [f"- **{label}**: `{spec['name']}` {_options(spec)}" for label, spec in summary["arms"].items()]
 
 
 def _figures_and_definitions(summary: dict[str, Any], plots: list[str]) -> list[str]:

@@ -69,7 +69,7 @@ def average_accuracy_curve(matrix: list[list[float]]) -> list[float]:
 
 def build_summary(config: dict[str, Any], units: list[dict[str, Any]]) -> dict[str, Any]:
     """The summary of a run from its resolved config and its finished unit results."""
-    labels = [o["label"] for o in config["optimizers"]]
+    labels = [o["label"] for o in config["arms"]]
     by_label = {label: [u for u in units if u["optimizer"] == label] for label in labels}
     aggregate = {}
     for label, group in by_label.items():
@@ -136,14 +136,14 @@ def property_card(config: dict[str, Any], by_label: dict[str, list[dict[str, Any
         if "final_weights_below" in agg:
             row["sparsity"] = agg["final_weights_below"][threshold]
         rows[label] = row
-    return {"convergence_target": target, "sparsity_threshold": threshold, "optimizers": rows}
+    return {"convergence_target": target, "sparsity_threshold": threshold, "arms": rows}
 
 
 def run_fields(config: dict[str, Any], units: list[dict[str, Any]], aggregate: dict, conventions: dict) -> dict[str, Any]:
     """The summary keys every recipe shares: arms, seeds, conventions, aggregate, units, completeness."""
-    labels = [o["label"] for o in config["optimizers"]]
+    labels = [o["label"] for o in config["arms"]]
     return {
-        "optimizers": {o["label"]: {k: v for k, v in o.items() if k != "label"} for o in config["optimizers"]},
+        "arms": {o["label"]: {k: v for k, v in o.items() if k != "label"} for o in config["arms"]},
         "seeds": config["seeds"],
         "conventions": {**conventions, **CI_CONVENTION},
         "aggregate": aggregate,

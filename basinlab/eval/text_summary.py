@@ -73,7 +73,7 @@ CONVENTIONS = {
 
 def build_text_summary(config: dict[str, Any], units: list[dict[str, Any]]) -> dict[str, Any]:
     """The summary of a text run from its resolved config and its finished unit results."""
-    labels = [o["label"] for o in config["optimizers"]]
+    labels = [o["label"] for o in config["arms"]]
     aggregate = {}
     for label in labels:
         group = sorted((u for u in units if u["optimizer"] == label), key=lambda u: u["seed"])

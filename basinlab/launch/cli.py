@@ -97,7 +97,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser, default_output: str) -> 
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key (YAML value), e.g. --set train.max_epochs=3 --set optimizers.sgd.lr=0.05",
+        help="override a config key (YAML value), e.g. --set train.max_epochs=3 --set arms.sgd.lr=0.05",
     )
     parser.add_argument("--output", type=Path, metavar="DIR", help=f"run directory (default: {default_output})")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run, skipping finished units")

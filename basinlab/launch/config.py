@@ -1,12 +1,12 @@
 """Run configs: dataclasses loaded from YAML, overridable from the CLI, strictly checked.
 
 A config's ``recipe`` key picks its schema: ``mnist`` (the default; sequential MNIST tasks,
-:class:`RunConfig`) or ``text`` (masked-LM training over text domains, :class:`TextRunConfig`).
+:class:`MnistRunConfig`) or ``text`` (masked-LM training over text domains, :class:`TextRunConfig`).
 
 Every mistake (unknown key, wrong type, value out of range, unknown optimizer or
 optimizer option) raises ``UserError`` naming the dotted key, before any training.
-Overrides use ``--set key=value`` with a YAML value; list entries of ``optimizers`` are
-addressed by index or by label: ``--set optimizers.sgd.lr=0.05``.
+Overrides use ``--set key=value`` with a YAML value; list entries of ``arms`` are
+addressed by index or by label: ``--set arms.sgd.lr=0.05``.
 """
 
 from __future__ import annotations
@@ -85,10 +85,10 @@ class TrainConfig:
 
 
 @dataclass
-class SparsityConfig:
+class PruningConfig:
     """Magnitude-pruning evaluation after the last task, and small-weight fractions after each."""
 
-    prune: bool = False  # accuracy after pruning to each keep fraction, at the end of every unit
+    enabled: bool = False  # accuracy after pruning to each keep fraction, at the end of every unit
     keep_fractions: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01])
     scope: str = "global"  # global | layer: rank weights across all layers or within each
     finetune_steps: int = 0  # also: this many masked training steps on the last task before evaluating
@@ -97,12 +97,12 @@ class SparsityConfig:
     def check(self) -> None:
         _require(
             bool(self.keep_fractions) and all(0 < k <= 1 for k in self.keep_fractions),
-            "sparsity.keep_fractions",
+            "pruning.keep_fractions",
             "must be a non-empty list of fractions in (0, 1]",
         )
-        _require(self.scope in ("global", "layer"), "sparsity.scope", "must be global or layer")
-        _require(self.finetune_steps >= 0, "sparsity.finetune_steps", "must be >= 0")
-        _require(all(t > 0 for t in self.thresholds), "sparsity.thresholds", "must be positive")
+        _require(self.scope in ("global", "layer"), "pruning.scope", "must be global or layer")
+        _require(self.finetune_steps >= 0, "pruning.finetune_steps", "must be >= 0")
+        _require(all(t > 0 for t in self.thresholds), "pruning.thresholds", "must be positive")
 
 
 @dataclass
@@ -121,7 +121,7 @@ class OptimizerSpec:
 
 
 @dataclass
-class OptimizerConfig(OptimizerSpec):
+class ArmConfig(OptimizerSpec):
     """One arm of the comparison: a registry name, a label and its keyword options, plus what
     the arm changes besides the optimizer (model overrides such as Powerprop, an L1 penalty,
     a second optimizer that takes over after the first ``switch_after_steps`` steps of each task)."""
@@ -148,45 +148,45 @@ class ExperimentConfig:
     name: str = "run"
     recipe: str = "mnist"  # mnist | text
     seeds: list[int] = field(default_factory=lambda: [0])
-    optimizers: list[OptimizerConfig] = field(default_factory=list)
+    arms: list[ArmConfig] = field(default_factory=list)
     log_with: str = "tensorboard"  # tensorboard | none
 
     def check(self) -> None:
         _require(bool(self.seeds), "seeds", "must list at least one seed")
         _require(len(set(self.seeds)) == len(self.seeds), "seeds", "must not repeat a seed")
-        _require(bool(self.optimizers), "optimizers", "must list at least one optimizer")
-        labels = [o.label for o in self.optimizers]
-        _require(len(set(labels)) == len(labels), "optimizers", f"labels must be unique, got {labels}")
+        _require(bool(self.arms), "arms", "must list at least one arm ({name: <optimizer>, ...})")
+        labels = [o.label for o in self.arms]
+        _require(len(set(labels)) == len(labels), "arms", f"labels must be unique, got {labels}")
         _require(self.log_with in ("tensorboard", "none"), "log_with", "must be tensorboard or none")
 
     def to_yaml(self) -> dict[str, Any]:
         raw = dataclasses.asdict(self)
-        raw["optimizers"] = [o.to_yaml() for o in self.optimizers]
+        raw["arms"] = [o.to_yaml() for o in self.arms]
         return raw
 
 
 @dataclass
-class RunConfig(ExperimentConfig):
+class MnistRunConfig(ExperimentConfig):
     """The sequential-MNIST recipe (basinlab.launch.mnist_recipe)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
 
     def check(self) -> None:
         super().check()
         self.data.check()
         self.model.check()
         self.train.check()
-        self.sparsity.check()
-        for optimizer in self.optimizers:
-            self.model_for(optimizer)
+        self.pruning.check()
+        for arm in self.arms:
+            self.model_for(arm)
 
-    def model_for(self, optimizer: OptimizerConfig) -> ModelConfig:
-        """The run's model section with ``optimizer``'s overrides applied (checked)."""
-        prefix = f"optimizers.{optimizer.label}.model"
-        model = _section(ModelConfig, {**dataclasses.asdict(self.model), **optimizer.model}, prefix)
+    def model_for(self, arm: ArmConfig) -> ModelConfig:
+        """The run's model section with ``arm``'s overrides applied (checked)."""
+        prefix = f"arms.{arm.label}.model"
+        model = _section(ModelConfig, {**dataclasses.asdict(self.model), **arm.model}, prefix)
         model.check(prefix)
         return model
 
@@ -314,16 +314,16 @@ class TextRunConfig(ExperimentConfig):
         self.data.check()
         self.model.check()
         self.train.check()
-        for optimizer in self.optimizers:
+        for optimizer in self.arms:
             _require(
                 not optimizer.model and not optimizer.l1_penalty and optimizer.then is None,
-                f"optimizers.{optimizer.label}",
+                f"arms.{optimizer.label}",
                 "sets model overrides, l1_penalty or then/switch_after_steps, which only the mnist recipe supports",
             )
 
 
 RECIPES: dict[str, tuple[type, dict[str, type]]] = {
-    "mnist": (RunConfig, {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sparsity": SparsityConfig}),
+    "mnist": (MnistRunConfig, {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "pruning": PruningConfig}),
     "text": (TextRunConfig, {"data": TextDataConfig, "model": BertModelConfig, "train": TextTrainConfig}),
 }
 
@@ -391,8 +391,8 @@ def _checked_spec(name: str, options: dict[str, Any], key: str, label: str) -> O
     return OptimizerSpec(name=name.lower(), options=options)
 
 
-def _optimizer(raw: Any, index: int) -> OptimizerConfig:
-    key = f"optimizers[{index}]"
+def _optimizer(raw: Any, index: int) -> ArmConfig:
+    key = f"arms[{index}]"
     name, options = _named_options(raw, key)
     label = options.pop("label", name)
     if not isinstance(label, str) or not _LABEL.match(label):
@@ -413,7 +413,7 @@ def _optimizer(raw: Any, index: int) -> OptimizerConfig:
         switch = _coerce(switch, int, f"{key}.switch_after_steps")
         _require(switch >= 1, f"{key}.switch_after_steps", "must be >= 1")
     spec = _checked_spec(name, options, key, label)
-    return OptimizerConfig(
+    return ArmConfig(
         name=spec.name, label=label, options=spec.options, model=model, l1_penalty=l1_penalty,
         then=then, switch_after_steps=switch,
     )
@@ -422,7 +422,7 @@ def _optimizer(raw: Any, index: int) -> OptimizerConfig:
 def config_from_dict(raw: Any) -> ExperimentConfig:
     """Build and check a run config from plain YAML data; its ``recipe`` key picks the schema."""
     if not isinstance(raw, dict):
-        raise UserError("a run config must be a YAML mapping with keys such as name, seeds, data, optimizers")
+        raise UserError("a run config must be a YAML mapping with keys such as name, seeds, data, arms")
     recipe = raw.get("recipe", "mnist")
     if recipe not in RECIPES:
         raise UserError(f"config key 'recipe' must be one of {', '.join(RECIPES)}, got {recipe!r}")
@@ -438,9 +438,9 @@ def config_from_dict(raw: Any) -> ExperimentConfig:
     for key, value in raw.items():
         if key in sections:
             values[key] = _section(sections[key], value, key)
-        elif key == "optimizers":
+        elif key == "arms":
             if not isinstance(value, list):
-                raise UserError("config key 'optimizers' must be a list of {name: ..., <option>: ...}")
+                raise UserError("config key 'arms' must be a list of {name: ..., <option>: ...}")
             values[key] = [_optimizer(o, i) for i, o in enumerate(value)]
         else:
             values[key] = _coerce(value, hints[key], key)
@@ -482,7 +482,7 @@ def apply_override(raw: dict, text: str) -> None:
         else:
             raise UserError(f"--set {key}: '{token}' is not a section")
     if isinstance(node, list):
-        raise UserError(f"--set {key}: name an option of one optimizer, e.g. optimizers.sgd.lr=0.1")
+        raise UserError(f"--set {key}: name an option of one optimizer, e.g. arms.sgd.lr=0.1")
     node[path[-1]] = value
 
 

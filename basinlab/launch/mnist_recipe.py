@@ -33,7 +33,7 @@ from basinlab.data.mnist import MnistArrays, load_mnist
 from basinlab.data.streams import NUM_CLASSES, NUM_PIXELS, TaskStream, build_tasks, stacked_train_batches
 from basinlab.errors import UserError
 from basinlab.eval.continual import continual_metrics, forgetting_per_task
-from basinlab.eval.sparsity import fraction_below, pruning_curve
+from basinlab.eval.pruning import fraction_below, pruning_curve
 from basinlab.eval.representation import (
     class_mean_cosine,
     covariance_spectrum,
@@ -41,7 +41,7 @@ from basinlab.eval.representation import (
     linear_cka,
     mean_off_diagonal,
 )
-from basinlab.launch.config import OptimizerConfig, RunConfig
+from basinlab.launch.config import ArmConfig, MnistRunConfig
 from basinlab.launch.logs import configure_logging
 from basinlab.launch.rundir import RunDirectory, unit_id
 from basinlab.models import MLP, effective_weights
@@ -119,8 +119,8 @@ class ArmTrainer:
     def __init__(
         self,
         accelerator: Accelerator,
-        config: RunConfig,
-        optimizer_config: OptimizerConfig,
+        config: MnistRunConfig,
+        optimizer_config: ArmConfig,
         members: list[Member],
         run: RunDirectory | None,
         progress: tqdm,
@@ -248,7 +248,7 @@ class ArmTrainer:
         val_accuracy = accuracy(net, member.stream, task, "val", self.config.train.eval_batch_size)
         fit.curve.append([member.step, val_accuracy])
         fit.epochs = epoch + 1
-        below = fraction_below(effective_weights(net), self.config.sparsity.thresholds)
+        below = fraction_below(effective_weights(net), self.config.pruning.thresholds)
         self._record(
             member, "epoch", task=task, epoch=epoch, train_loss=train_loss, val_accuracy=val_accuracy, weights_below=below
         )
@@ -295,7 +295,7 @@ class ArmTrainer:
                     fit["best_val_accuracy"],
                     evaluation["average_accuracy_seen"],
                 )
-        pruning = [self._pruning(i) if self.config.sparsity.prune else None for i in range(len(self.members))]
+        pruning = [self._pruning(i) if self.config.pruning.enabled else None for i in range(len(self.members))]
         wall_time = time.perf_counter() - started
         return [
             {
@@ -316,7 +316,7 @@ class ArmTrainer:
 
     def _pruning(self, i: int) -> dict[str, Any]:
         """Member ``i``'s mean test accuracy over all tasks after magnitude pruning to each keep fraction."""
-        sparsity, net, stream = self.config.sparsity, self.net(i), self.members[i].stream
+        sparsity, net, stream = self.config.pruning, self.net(i), self.members[i].stream
         batch = self.config.train.eval_batch_size
 
         def mean_accuracy() -> float:
@@ -347,7 +347,7 @@ class ArmTrainer:
             for b in member.stream.train_batches(task, batch, seed=member.seed, epoch=epoch, rank=rank, world_size=world)
         )
         net.train()
-        for step, (x, y) in enumerate(itertools.islice(batches, self.config.sparsity.finetune_steps)):
+        for step, (x, y) in enumerate(itertools.islice(batches, self.config.pruning.finetune_steps)):
             optimizer = optimizers[self._phase(step)]
             optimizer.zero_grad(set_to_none=True)
             self.accelerator.backward(F.cross_entropy(net(x), y) + self._l1([net]))
@@ -382,7 +382,7 @@ class UnitHistory:
         self.spectrum = self.cosine = None  # after the latest task
 
     def add_task(
-        self, task: int, fit: dict[str, Any], accuracies: list[float], net: MLP, stream: TaskStream, config: RunConfig
+        self, task: int, fit: dict[str, Any], accuracies: list[float], net: MLP, stream: TaskStream, config: MnistRunConfig
     ) -> dict[str, Any]:
         """Representation metrics on the probes of the tasks seen so far; returns the task's record."""
         batch = config.train.eval_batch_size
@@ -402,7 +402,7 @@ class UnitHistory:
             "effective_rank": effective_rank_from_spectrum(self.spectrum),
             "cross_class_cosine_mean": mean_off_diagonal(self.cosine),
             "first_task_cka": linear_cka(self.first_task_features, task0_features),
-            "weights_below": fraction_below(effective_weights(net), config.sparsity.thresholds),
+            "weights_below": fraction_below(effective_weights(net), config.pruning.thresholds),
         }
         self.per_task.append(evaluation)
         return evaluation
@@ -432,7 +432,7 @@ class UnitHistory:
         }
 
 
-def _tracker_config(config: RunConfig, optimizer: OptimizerConfig, seed: int) -> dict[str, Any]:
+def _tracker_config(config: MnistRunConfig, optimizer: ArmConfig, seed: int) -> dict[str, Any]:
     """Flat scalar hyperparameters for TensorBoard's hparams view."""
     flat = {"seed": seed, "optimizer": optimizer.name}
     specs = {"optim": optimizer}
@@ -464,8 +464,8 @@ def make_accelerator() -> Accelerator:
 
 
 def seed_groups(
-    config: RunConfig, workers: int = 1, num_processes: int = 1, finished: set[str] = frozenset()
-) -> list[tuple[OptimizerConfig, list[int]]]:
+    config: MnistRunConfig, workers: int = 1, num_processes: int = 1, finished: set[str] = frozenset()
+) -> list[tuple[ArmConfig, list[int]]]:
     """(arm, seeds) groups still to train: each arm's unfinished seeds in ``workers`` near-equal groups.
 
     A seed trains bitwise the same in any group, so groups can follow the machine. Under
@@ -473,7 +473,7 @@ def seed_groups(
     so each seed is its own group there.
     """
     groups = []
-    for arm in config.optimizers:
+    for arm in config.arms:
         todo = [seed for seed in config.seeds if unit_id(arm.label, seed) not in finished]
         parts = len(todo) if num_processes > 1 else min(workers, len(todo))
         bounds = [len(todo) * k // parts for k in range(parts + 1)] if parts else []
@@ -483,10 +483,10 @@ def seed_groups(
 
 def train_group(
     accelerator: Accelerator,
-    config: RunConfig,
+    config: MnistRunConfig,
     arrays: MnistArrays,
     run: RunDirectory,
-    arm: OptimizerConfig,
+    arm: ArmConfig,
     seeds: list[int],
     progress: tqdm,
 ) -> list[str]:
@@ -526,7 +526,7 @@ def train_group(
 _WORKER: dict[str, Any] = {}  # one worker process's accelerator, config, data and run directory
 
 
-def _start_worker(config: RunConfig, run_path: Path, threads: int, log_level: int) -> None:
+def _start_worker(config: MnistRunConfig, run_path: Path, threads: int, log_level: int) -> None:
     torch.set_num_threads(threads)
     configure_logging(level=log_level)
     _WORKER.update(
@@ -538,10 +538,10 @@ def _worker_train_group(job: tuple[int, list[int]]) -> list[str]:
     arm, seeds = job
     w = _WORKER
     config = w["config"]
-    return train_group(w["accelerator"], config, w["arrays"], w["run"], config.optimizers[arm], seeds, tqdm(disable=True))
+    return train_group(w["accelerator"], config, w["arrays"], w["run"], config.arms[arm], seeds, tqdm(disable=True))
 
 
-def run_experiment(config: RunConfig, output: str | Path, resume: bool = False, workers: int = 1) -> Path:
+def run_experiment(config: MnistRunConfig, output: str | Path, resume: bool = False, workers: int = 1) -> Path:
     """Run every (optimizer, seed) unit of ``config`` into ``output``; returns the run dir.
 
     ``workers`` > 1 trains the seed groups in that many spawned processes, each with an
@@ -565,7 +565,7 @@ def run_experiment(config: RunConfig, output: str | Path, resume: bool = False, 
         arrays = load_mnist(config.data.cache_dir)
     finished = run.finished_units()
     groups = seed_groups(config, workers, accelerator.num_processes, finished)
-    total = len(config.seeds) * len(config.optimizers)
+    total = len(config.seeds) * len(config.arms)
     if finished:
         logger.info("resuming %s: %d of %d units already finished", run.path, len(finished), total)
     logger.info(
@@ -580,7 +580,7 @@ def run_experiment(config: RunConfig, output: str | Path, resume: bool = False, 
         if workers > 1:
             threads = max(1, torch.get_num_threads() // workers)
             context = torch.multiprocessing.get_context("spawn")
-            jobs = [(config.optimizers.index(arm), seeds) for arm, seeds in groups]
+            jobs = [(config.arms.index(arm), seeds) for arm, seeds in groups]
             initargs = (config, run.path, threads, logging.getLogger().getEffectiveLevel())
             with context.Pool(workers, _start_worker, initargs) as pool:
                 for units in pool.imap_unordered(_worker_train_group, jobs):

@@ -40,7 +40,7 @@ from basinlab.data.text import load_domain_spec, load_text_domain
 from basinlab.data.tokenizer import load_tokenizer, train_wordpiece
 from basinlab.errors import UserError
 from basinlab.eval.callbacks import INITIAL, DomainEvaluationCallback
-from basinlab.launch.config import OptimizerConfig, TextRunConfig
+from basinlab.launch.config import ArmConfig, TextRunConfig
 from basinlab.launch.rundir import RunDirectory, unit_id
 from basinlab.models import build_bert_mlm
 from basinlab.optim import load_sharded_state, save_sharded_state
@@ -144,7 +144,7 @@ class TextUnit:
     def __init__(
         self,
         config: TextRunConfig,
-        optimizer_config: OptimizerConfig,
+        optimizer_config: ArmConfig,
         seed: int,
         domains: list[DomainSequences],
         tokenizer: Any,
@@ -461,7 +461,7 @@ def run_text_experiment(config: TextRunConfig, output: str | Path, resume: bool 
         logger.info("domain %s: %d train / %d eval / %d probe sequences of %d tokens", domain.name,
                     len(domain.train), len(domain.eval), len(domain.probe), config.data.max_length)
     finished = run.finished_units()
-    units = [(o, s) for s in config.seeds for o in config.optimizers]
+    units = [(o, s) for s in config.seeds for o in config.arms]
     todo = [(o, s) for o, s in units if unit_id(o.label, s) not in finished]
     if finished:
         logger.info("resuming %s: %d of %d units already finished", run.path, len(units) - len(todo), len(units))

@@ -20,7 +20,7 @@ import yaml
 
 from basinlab.atomic import atomic_write_json, atomic_write_text
 from basinlab.errors import UserError
-from basinlab.launch.config import RunConfig, apply_override, config_from_dict, load_config
+from basinlab.launch.config import MnistRunConfig, apply_override, config_from_dict, load_config
 from basinlab.launch.mnist_recipe import run_experiment
 from basinlab.launch.rundir import RunDirectory, unit_id
 
@@ -79,18 +79,18 @@ def _set_option(entry: dict[str, Any], key: str, value: Any, label: str) -> Any:
     return previous
 
 
-def derive_config(config: RunConfig, grids: dict[str, list[int | float]], key: str) -> tuple[RunConfig, dict[str, dict]]:
+def derive_config(config: MnistRunConfig, grids: dict[str, list[int | float]], key: str) -> tuple[MnistRunConfig, dict[str, dict]]:
     """The one run that trains every grid point (first task, first seed), and per tuned arm
     its previous value, grid and the derived arm labels. Checked like any config, so a value
     or key the optimizer does not accept fails here, before training."""
-    arms = {o.label: o.to_yaml() for o in config.optimizers}
+    arms = {o.label: o.to_yaml() for o in config.arms}
     for label in grids:
         if label not in arms:
             raise UserError(f"--grid {label}: {config.name} has no arm labelled {label!r}; its arms: {', '.join(arms)}")
     raw = config.to_yaml()
-    raw.update(name=f"{config.name}-tune", seeds=config.seeds[:1], optimizers=[])
+    raw.update(name=f"{config.name}-tune", seeds=config.seeds[:1], arms=[])
     raw["data"]["num_tasks"] = 1
-    raw["sparsity"]["prune"] = False  # pruning is evaluated after the last task; no part of the score
+    raw["pruning"]["enabled"] = False  # pruning is evaluated after the last task; no part of the score
     plan = {}
     for label, values in grids.items():
         derived = []
@@ -98,7 +98,7 @@ def derive_config(config: RunConfig, grids: dict[str, list[int | float]], key: s
             entry = copy.deepcopy(arms[label])
             previous = _set_option(entry, key, value, label)
             entry["label"] = f"{label}.{key}-{value}"
-            raw["optimizers"].append(entry)
+            raw["arms"].append(entry)
             derived.append(entry["label"])
         plan[label] = {"previous": previous, "grid": values, "arms": derived}
     try:
@@ -175,14 +175,14 @@ _ConfigDumper.add_representer(
 )
 
 
-def write_tuned_config(path: str | Path, config: RunConfig, overrides: list[str], result: dict[str, Any]) -> Path:
+def write_tuned_config(path: str | Path, config: MnistRunConfig, overrides: list[str], result: dict[str, Any]) -> Path:
     """The config as given (plus --set overrides) with only the tuned options changed, re-dumped
     from its YAML data (comments are lost) under a header naming the tune that chose them."""
     source = result["config"]
     raw = yaml.safe_load(Path(source).read_text())
     for text in overrides:
         apply_override(raw, text)
-    index = {o.label: i for i, o in enumerate(config.optimizers)}  # raw entries may leave the label out
+    index = {o.label: i for i, o in enumerate(config.arms)}  # raw entries may leave the label out
     key = result["key"]
     lines = [
         f"# {key} of the arms below chosen by `basinlab tune` (grids and scores: {result['run']}/tune.json):",
@@ -191,7 +191,7 @@ def write_tuned_config(path: str | Path, config: RunConfig, overrides: list[str]
         f"# task 1 = {result['task']}, seed {result['seed']}.",
     ]
     for label, arm in result["arms"].items():
-        _set_option(raw["optimizers"][index[label]], key, arm["chosen"], label)
+        _set_option(raw["arms"][index[label]], key, arm["chosen"], label)
         grid = ", ".join(map(str, arm["grid"]))
         edge = "; at the edge of the grid: widen it" if arm["at_edge"] else ""
         lines.append(f"#   {label}: {key} {arm['chosen']} (score {arm['best_score']:.4f}; grid {grid}{edge})")
