@@ -1,4 +1,4 @@
-"""Continual-learning metrics on hand-worked accuracy matrices (DESIGN.md, "Metrics")."""
+"""Continual-learning metrics on hand-worked accuracy matrices (definitions: docs/metrics.md)."""
 
 import math
 

