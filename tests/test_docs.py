@@ -411,7 +411,8 @@ def test_documented_mnist_runs_shortened(command, doc_dir, mnist_cache_dir):
 
 
 def _local_domains(folder: Path) -> list[dict]:
-    sys.path.insert(0, str(ROOT / "tests"))
+    if str(ROOT / "tests") not in sys.path:
+        sys.path.insert(0, str(ROOT / "tests"))
     from text_fixtures import write_domain
 
     folder.mkdir(exist_ok=True)
