@@ -116,7 +116,7 @@ def test_text_recipe_trains_soap_and_muon_arms_from_a_config(tmp_path):
         {"name": "soap", "lr": 3e-3, "precondition_frequency": 2, "weight_decay": 0.01},
         {"name": "muon", "lr": 3e-3, "weight_decay": 0.01, "adamw_rule": "default"},
     ]
-    config = config_from_dict(tiny_text_config(tmp_path, optimizers=optimizers, train={"steps_per_domain": 3}))
+    config = config_from_dict(tiny_text_config(tmp_path, arms=optimizers, train={"steps_per_domain": 3}))
     run_dir = run_text_experiment(config, tmp_path / "out")
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["complete"] and [u["optimizer"] for u in summary["units"]] == ["soap", "muon"]
