@@ -55,3 +55,14 @@ def json_safe(value: Any) -> Any:
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(json_safe(data), indent=2, sort_keys=True) + "\n")
+
+
+def append_json_line(path: str | os.PathLike, record: Any) -> None:
+    """Append one JSON line in a single append-mode write, so the lines of processes sharing
+    the file (worker processes of one run) never interleave."""
+    line = (json.dumps(json_safe(record), sort_keys=True, allow_nan=False) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)

@@ -33,7 +33,8 @@ from tqdm import tqdm
 from basinlab.data.mnist import load_mnist
 from basinlab.data.streams import TaskStream, build_tasks
 from basinlab.launch.config import config_from_dict
-from basinlab.launch.mnist_recipe import ArmTrainer, Member, run_experiment
+from basinlab.launch.driver import UnitLog, run_experiment
+from basinlab.launch.mnist_trainer import ArmTrainer, Member
 
 OPTIMIZERS = {
     "sgd": {"name": "sgd", "lr": 0.03, "momentum": 0.9},
@@ -45,9 +46,9 @@ OPTIMIZERS = {
 
 
 def group_time(accelerator, config, streams: dict[int, TaskStream], seeds: list[int]) -> float:
-    members = [Member(seed, streams[seed], f"seed{seed}") for seed in seeds]
+    members = [Member(seed, streams[seed], UnitLog(None, config.arms[0], seed, {}, "none")) for seed in seeds]
     started = time.perf_counter()
-    ArmTrainer(accelerator, config, config.arms[0], members, None, tqdm(disable=True)).train()
+    ArmTrainer(accelerator, config, config.arms[0], members, tqdm(disable=True)).train()
     return time.perf_counter() - started
 
 

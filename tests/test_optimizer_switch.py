@@ -9,7 +9,8 @@ from tqdm import tqdm
 
 from basinlab.data.streams import TaskStream, build_tasks
 from basinlab.launch.config import config_from_dict, load_config
-from basinlab.launch.mnist_recipe import ArmTrainer, Member, run_experiment
+from basinlab.launch.driver import UnitLog, run_experiment
+from basinlab.launch.mnist_trainer import ArmTrainer, Member
 
 # AdamW on both sides: each keeps a step counter in its state
 ADAMW_THEN_ADAMW = {
@@ -20,8 +21,8 @@ ADAMW_THEN_ADAMW = {
 def trained(config, mnist_arrays, arm=0):
     """An ArmTrainer for ``config.arms[arm]`` (seed 0) after training 2 tasks of 320 images (5 steps per epoch)."""
     tasks = build_tasks("permuted", mnist_arrays, 2, seed=0, validation_size=1000, probe_size=50, max_train_examples=320)
-    member = Member(0, TaskStream(mnist_arrays, tasks), "u")
-    trainer = ArmTrainer(Accelerator(cpu=True), config, config.arms[arm], [member], None, tqdm(disable=True))
+    member = Member(0, TaskStream(mnist_arrays, tasks), UnitLog(None, config.arms[arm], 0, {}, "none"))
+    trainer = ArmTrainer(Accelerator(cpu=True), config, config.arms[arm], [member], tqdm(disable=True))
     (result,) = trainer.train()
     return trainer, result
 
@@ -46,7 +47,7 @@ def test_first_optimizer_takes_exactly_n_steps_of_every_task(tiny_config, mnist_
     train = {"max_epochs": 2, "patience": 2, "reset_optimizer_per_task": reset}
     config = load_config(tiny_config(train=train, arms=[ADAMW_THEN_ADAMW]))
     trainer, result = trained(config, mnist_arrays)
-    assert result["optimizer_steps"] == [{"first": 7, "then": 3}] * 2
+    assert result.optimizer_steps == [{"first": 7, "then": 3}] * 2
     weight = next(iter(trainer.net(0).parameters()))
     counters = [int(torch.as_tensor(o.state[weight]["step"]).item()) for o in trainer.optimizers]
     assert counters == ([7, 3] if reset else [14, 6])
@@ -67,8 +68,8 @@ def test_switches_that_change_nothing_give_bitwise_the_same_weights(tiny_config,
     config = load_config(tiny_config(train={"max_epochs": 2, "patience": 2}, arms=arms))
     (reference, ref_result), (switching, result) = (trained(config, mnist_arrays, arm) for arm in (0, 1))
     first = min(switch["switch_after_steps"], 10)
-    assert ref_result["optimizer_steps"] == [{"first": 10}] * 2
-    assert result["optimizer_steps"] == [{"first": first, "then": 10 - first}] * 2
+    assert ref_result.optimizer_steps == [{"first": 10}] * 2
+    assert result.optimizer_steps == [{"first": first, "then": 10 - first}] * 2
     expected = reference.net(0).state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in switching.net(0).state_dict().items())
 
@@ -79,7 +80,7 @@ def test_run_records_steps_per_optimizer_and_resumes(tiny_config, tmp_path):
                                           "then": {"name": "adamw", "lr": 1e-3}, "switch_after_steps": 3}]
     config = load_config(tiny_config(data={"max_train_examples": 320}, arms=arms))
     run = run_experiment(config, tmp_path / "out")
-    units = {u["optimizer"]: u for u in json.loads((run / "summary.json").read_text())["units"]}
+    units = {u["arm"]: u for u in json.loads((run / "summary.json").read_text())["units"]}
     assert units["sgd"]["optimizer_steps"] == [{"first": 5}] * 2
     assert units["sgd-then-adamw"]["optimizer_steps"] == [{"first": 3, "then": 2}] * 2
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -10,7 +10,9 @@ from tqdm import tqdm
 from basinlab.data.streams import TaskStream, build_tasks
 from basinlab.errors import UserError
 from basinlab.launch.config import load_config
-from basinlab.launch.mnist_recipe import ArmTrainer, Member, accuracy, run_experiment
+from basinlab.launch.driver import UnitLog, run_experiment, write_report
+from basinlab.launch.mnist_evaluation import accuracy
+from basinlab.launch.mnist_trainer import ArmTrainer, Member
 from basinlab.launch.rundir import RunDirectory
 
 
@@ -72,7 +74,7 @@ def test_units_keep_validation_curves_and_the_summary_carries_intervals_and_the_
     card = summary["property_card"]
     assert card["convergence_target"] == 0.95 and card["sparsity_threshold"] == "0.001"
     assert set(card["arms"]["sgd"]) == {
-        "convergence_steps", "acc", "forgetting", "final_effective_rank", "final_cross_class_cosine", "sparsity"
+        "convergence_steps", "acc", "forgetting", "final_effective_rank", "final_cross_class_cosine_mean", "sparsity"
     }
     report = (finished_run / "report.md").read_text()
     assert "## Paired differences (same seed)" in report and "| sgd − adamw | 2 |" in report
@@ -100,7 +102,7 @@ def test_report_command_rebuilds_the_same_summary(finished_run):
     before = (finished_run / "summary.json").read_text()
     (finished_run / "summary.json").unlink()
     (finished_run / "report.md").unlink()
-    RunDirectory(finished_run).write_report()
+    write_report(RunDirectory(finished_run))
     assert (finished_run / "summary.json").read_text() == before and (finished_run / "report.md").exists()
 
 
@@ -117,7 +119,7 @@ def test_early_stopping_restores_the_best_weights(tiny_config, mnist_arrays):
     config = load_config(tiny_config(train={"max_epochs": 6, "patience": 2}, arms=[{"name": "sgd", "lr": 0.5}]))
     tasks = build_tasks("permuted", mnist_arrays, 1, seed=0, validation_size=1000, probe_size=50, max_train_examples=600)
     stream = TaskStream(mnist_arrays, tasks)
-    trainer = ArmTrainer(Accelerator(cpu=True), config, config.arms[0], [Member(0, stream, "u")], None, tqdm(disable=True))
+    trainer = ArmTrainer(Accelerator(cpu=True), config, config.arms[0], [Member(0, stream, UnitLog(None, config.arms[0], 0, {}, "none"))], tqdm(disable=True))
     (fit,) = trainer.fit_task(0)
     assert 1 <= fit["epochs"] <= 6
     assert accuracy(trainer.net(0), stream, 0, "val", 10_000) == fit["best_val_accuracy"]
@@ -128,8 +130,8 @@ def test_optimizer_state_carries_over_or_resets(tiny_config, mnist_arrays):
     steps = {}
     for reset in (False, True):
         config = load_config(tiny_config(train={"reset_optimizer_per_task": reset}, arms=[{"name": "adamw"}]))
-        member = Member(0, TaskStream(mnist_arrays, tasks), "u")
-        trainer = ArmTrainer(Accelerator(cpu=True), config, config.arms[0], [member], None, tqdm(disable=True))
+        member = Member(0, TaskStream(mnist_arrays, tasks), UnitLog(None, config.arms[0], 0, {}, "none"))
+        trainer = ArmTrainer(Accelerator(cpu=True), config, config.arms[0], [member], tqdm(disable=True))
         trainer.train()
         state = trainer.optimizer.state[next(iter(trainer.net(0).parameters()))]
         steps[reset] = int(torch.as_tensor(state["step"]).item())
@@ -151,7 +153,7 @@ def test_sparsity_arms_prune_and_report(tiny_config, tmp_path):
     )
     run = run_experiment(load_config(config), tmp_path / "out")
     summary = json.loads((run / "summary.json").read_text())
-    units = {u["optimizer"]: u for u in summary["units"]}
+    units = {u["arm"]: u for u in summary["units"]}
     for unit in units.values():
         pruning = unit["pruning"]
         assert pruning["keep"] == [1.0, 0.1, 0.01] and pruning["finetune_steps"] == 3

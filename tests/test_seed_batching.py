@@ -1,5 +1,6 @@
 """Training a group of seeds as one stacked model gives every seed bitwise its unbatched run."""
 
+import dataclasses
 import pytest
 import torch
 from accelerate import Accelerator
@@ -7,7 +8,10 @@ from tqdm import tqdm
 
 from basinlab.data.streams import TaskStream, build_tasks, stacked_train_batches
 from basinlab.launch.config import load_config
-from basinlab.launch.mnist_recipe import ArmTrainer, Member, seed_groups
+from basinlab.launch.driver import UnitLog, plan_groups
+from basinlab.launch.mnist_recipe import MnistRecipe
+from basinlab.launch.text_recipe import TextRecipe
+from basinlab.launch.mnist_trainer import ArmTrainer, Member
 from basinlab.models import MLP
 from basinlab.models.seed_stack import SeedStack
 
@@ -33,11 +37,9 @@ def _streams(mnist_arrays, stream="permuted"):
 
 
 def _train(config, streams, seeds):
-    members = [Member(seed, streams[seed], f"seed{seed}") for seed in seeds]
-    trainer = ArmTrainer(Accelerator(cpu=True), config, config.arms[0], members, None, tqdm(disable=True))
-    results = trainer.train()
-    for result in results:
-        result.pop("wall_time_s"), result.pop("seeds_trained_together")
+    members = [Member(seed, streams[seed], UnitLog(None, config.arms[0], seed, {}, "none")) for seed in seeds]
+    trainer = ArmTrainer(Accelerator(cpu=True), config, config.arms[0], members, tqdm(disable=True))
+    results = [dataclasses.replace(r, wall_time_s=0.0, seeds_trained_together=0) for r in trainer.train()]
     return results, [trainer.net(i).state_dict() for i in range(len(seeds))]
 
 
@@ -52,7 +54,7 @@ def test_a_group_of_seeds_trains_each_seed_bitwise_as_alone(tiny_config, mnist_a
         assert together[i] == alone
         assert all(torch.equal(weights[i][k], v) for k, v in alone_weights.items())
     if arm == "sgd":  # the case is really exercised: seeds stop on a task after different epochs
-        assert len({r["epochs"][0] for r in together}) > 1
+        assert len({r.epochs[0] for r in together}) > 1
 
 
 def test_stacked_batches_are_each_streams_own_batches(mnist_arrays):
@@ -79,11 +81,17 @@ def test_seed_stack_forward_is_each_members_forward():
         stack(x, [0, 1, 2])
 
 
-def test_seed_groups_split_each_arms_unfinished_seeds_among_workers(tiny_config):
+def test_seed_groups_split_each_arms_unfinished_seeds_among_workers(tiny_config, monkeypatch):
     config = load_config(tiny_config(seeds=[0, 1, 2, 3, 4]))
-    groups = lambda *args: [(arm.label, seeds) for arm, seeds in seed_groups(config, *args)]  # noqa: E731
+
+    def groups(workers=1, finished=frozenset(), recipe=MnistRecipe):
+        return [(arm.label, seeds) for arm, seeds in plan_groups(recipe, config, config.arms, finished, workers)]
+
     assert groups() == [("sgd", [0, 1, 2, 3, 4]), ("adamw", [0, 1, 2, 3, 4])]
     assert groups(2) == [("sgd", [0, 1]), ("sgd", [2, 3, 4]), ("adamw", [0, 1]), ("adamw", [2, 3, 4])]
     finished = {"sgd__seed0", "sgd__seed1", "sgd__seed2", "sgd__seed3", "adamw__seed4"}
-    assert groups(2, 1, finished) == [("sgd", [4]), ("adamw", [0, 1]), ("adamw", [2, 3])]
-    assert groups(1, 2) == [(label, [s]) for label in ("sgd", "adamw") for s in range(5)]  # DDP: one seed each
+    assert groups(2, finished) == [("sgd", [4]), ("adamw", [0, 1]), ("adamw", [2, 3])]
+    one_each = [(label, [s]) for label in ("sgd", "adamw") for s in range(5)]
+    assert groups(recipe=TextRecipe) == one_each  # a recipe that trains one unit at a time
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert groups(2) == one_each  # under a launcher the ranks split each seed's batches (DDP)

@@ -20,7 +20,8 @@ from transformers import (
 
 from basinlab.data.streams import TaskStream, build_tasks
 from basinlab.launch.config import load_config
-from basinlab.launch.mnist_recipe import ArmTrainer, Member, run_experiment
+from basinlab.launch.driver import UnitLog, run_experiment
+from basinlab.launch.mnist_trainer import ArmTrainer, Member
 from basinlab.optim import Shampoo, build_optimizer
 
 
@@ -69,8 +70,8 @@ def test_mnist_recipe_shampoo_parameters_stay_finite_and_get_preconditioned(tiny
     """The recipe's own per-unit trainer, so the trained weights and optimizer are in reach."""
     config = load_config(tiny_config(arms=[{"name": "shampoo", "lr": 0.001, "precondition_frequency": 5}]))
     tasks = build_tasks("permuted", mnist_arrays, 2, seed=0, validation_size=1000, probe_size=200, max_train_examples=2000)
-    member = Member(0, TaskStream(mnist_arrays, tasks), "u")
-    trainer = ArmTrainer(Accelerator(cpu=True), config, config.arms[0], [member], None, tqdm(disable=True))
+    member = Member(0, TaskStream(mnist_arrays, tasks), UnitLog(None, config.arms[0], 0, {}, "none"))
+    trainer = ArmTrainer(Accelerator(cpu=True), config, config.arms[0], [member], tqdm(disable=True))
     (result,) = trainer.train()
     optimizer = underlying(trainer.optimizer)
     assert isinstance(optimizer, Shampoo)
@@ -80,8 +81,8 @@ def test_mnist_recipe_shampoo_parameters_stay_finite_and_get_preconditioned(tiny
     assert diagnostics["preconditioned_params"] == 2  # the two weight matrices
     for param in trainer.net(0).parameters():
         progress = optimizer.parameter_progress(param)
-        assert progress["steps"] == result["steps"]
-        assert progress["root_computations"] == (roots_due(result["steps"], 5, 5) if is_matrix(param) else 0)
+        assert progress["steps"] == result.steps
+        assert progress["root_computations"] == (roots_due(result.steps, 5, 5) if is_matrix(param) else 0)
 
 
 def test_shampoo_under_accelerate_in_one_process():

@@ -14,7 +14,7 @@ from torch import nn
 from transformers import BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
 from basinlab.launch.config import load_config
-from basinlab.launch.mnist_recipe import run_experiment
+from basinlab.launch.driver import run_experiment
 from basinlab.optim import SOAP, Muon, build_optimizer, muon_param_groups
 
 
@@ -110,16 +110,15 @@ def test_text_recipe_trains_soap_and_muon_arms_from_a_config(tmp_path):
     from text_fixtures import tiny_text_config
 
     from basinlab.launch.config import config_from_dict
-    from basinlab.launch.text_recipe import run_text_experiment
 
     optimizers = [
         {"name": "soap", "lr": 3e-3, "precondition_frequency": 2, "weight_decay": 0.01},
         {"name": "muon", "lr": 3e-3, "weight_decay": 0.01, "adamw_rule": "default"},
     ]
     config = config_from_dict(tiny_text_config(tmp_path, arms=optimizers, train={"steps_per_domain": 3}))
-    run_dir = run_text_experiment(config, tmp_path / "out")
+    run_dir = run_experiment(config, tmp_path / "out")
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["complete"] and [u["optimizer"] for u in summary["units"]] == ["soap", "muon"]
+    assert summary["complete"] and [u["arm"] for u in summary["units"]] == ["soap", "muon"]
     for unit in summary["units"]:
         matrix = torch.tensor(unit["loss_matrix"])
         assert torch.isfinite(matrix).all() and (matrix.diagonal() < torch.tensor(unit["initial_losses"])).all()

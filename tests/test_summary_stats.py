@@ -1,11 +1,13 @@
 """Confidence intervals, paired differences and the property card, on hand-made numbers (no training)."""
 
+import json
 import math
 
 import pytest
 
 from basinlab.errors import UserError
 from basinlab.eval.report import render_report
+from basinlab.eval.results import InvalidUnitFile, MnistUnitResult
 from basinlab.eval.stats import mean_ci, paired_differences, t_cdf, t_quantile
 from basinlab.eval.summary import build_summary
 from basinlab.launch.config import config_from_dict
@@ -72,27 +74,36 @@ def _unit(label, seed, acc, reached_at=None, small=0.2):
     """A finished 2-task unit whose headline numbers derive from ``acc``; task-1 val accuracy
     crosses 0.95 at step ``reached_at`` (never if None)."""
     curve = [[100, 0.90], [200, 0.93]] if reached_at is None else [[reached_at - 100, 0.9], [reached_at, 0.96]]
-    return {
-        "unit": f"{label}__seed{seed}",
-        "optimizer": label,
-        "seed": seed,
-        "world_size": 1,
-        "task_names": ["task1", "task2"],
-        "accuracy_matrix": [[0.97, 0.1], [2 * acc - 0.9, 0.9]],
-        "acc": acc,
-        "bwt": acc - 0.5,
-        "fwt": 0.0,
-        "forgetting": 0.5 - acc,
-        "effective_rank": [40.0, 30.0 + seed],
-        "cross_class_cosine_mean": [0.5, 0.6],
-        "first_task_cka": [1.0, 0.8],
-        "epochs": [2, 2],
-        "final_covariance_spectrum": [2.0, 1.0],
-        "final_cross_class_cosine": [[1.0, 0.6], [0.6, 1.0]],
-        "weights_below": [{"0.001": 0.0, "0.01": 0.1}, {"0.001": small, "0.01": 0.5}],
-        "val_accuracy_curve": [curve, [[300, 0.9], [400, 0.95]]],
-        "wall_time_s": 1.0,
-    }
+    return MnistUnitResult(
+        unit=f"{label}__seed{seed}",
+        arm=label,
+        optimizer_name="sgd",
+        seed=seed,
+        world_size=1,
+        optimizer_state_shards=1,
+        wall_time_s=1.0,
+        task_names=["task1", "task2"],
+        initial_accuracies=[0.1, 0.1],
+        accuracy_matrix=[[0.97, 0.1], [2 * acc - 0.9, 0.9]],
+        acc=acc,
+        bwt=acc - 0.5,
+        fwt=0.0,
+        forgetting=0.5 - acc,
+        forgetting_per_task=[0.5 - acc],
+        epochs=[2, 2],
+        best_val_accuracy=[max(a for _, a in curve), 0.95],
+        val_accuracy_curve=[curve, [[300, 0.9], [400, 0.95]]],
+        optimizer_steps=[{"first": 200}, {"first": 200}],
+        effective_rank=[40.0, 30.0 + seed],
+        cross_class_cosine_mean=[0.5, 0.6],
+        first_task_cka=[1.0, 0.8],
+        final_covariance_spectrum=[2.0, 1.0],
+        final_cross_class_cosine=[[1.0, 0.6], [0.6, 1.0]],
+        weights_below=[{"0.001": 0.0, "0.01": 0.1}, {"0.001": small, "0.01": 0.5}],
+        pruning=None,
+        steps=400,
+        seeds_trained_together=3,
+    )
 
 
 @pytest.fixture
@@ -121,7 +132,7 @@ def test_summary_paired_differences_follow_the_config_order(summary):
     assert sgd_adamw["seeds"] == [0, 1, 2]
     assert sgd_adamw["acc"]["mean"] == pytest.approx(-(0.2 + 0.2 + 0.1) / 3) and sgd_adamw["acc"]["n"] == 3
     assert pairs[1]["acc"]["n"] == 2 and pairs[1]["acc"]["mean"] == pytest.approx(-0.3)  # diverged seed dropped
-    assert set(sgd_adamw) >= {"bwt", "fwt", "forgetting", "final_effective_rank", "epochs"}
+    assert set(sgd_adamw) >= {"bwt", "fwt", "forgetting", "final_effective_rank", "total_epochs"}
 
 
 def test_summary_property_card(summary):
@@ -133,20 +144,27 @@ def test_summary_property_card(summary):
     assert sgd["sparsity"]["mean"] == pytest.approx(0.21)
     assert sgd["acc"] == summary["aggregate"]["sgd"]["acc"]
     assert set(sgd) == {
-        "convergence_steps", "acc", "forgetting", "final_effective_rank", "final_cross_class_cosine", "sparsity"
+        "convergence_steps", "acc", "forgetting", "final_effective_rank", "final_cross_class_cosine_mean", "sparsity"
     }
 
 
-def test_property_card_leaves_out_what_older_units_lack():
-    units = [_unit("sgd", s, 0.5 + 0.1 * s) for s in range(3)]
-    for unit in units:
-        del unit["val_accuracy_curve"], unit["weights_below"]
-    summary = build_summary(_config(["sgd"]), units)
-    card = summary["property_card"]
-    assert set(card["arms"]["sgd"]) == {"acc", "forgetting", "final_effective_rank", "final_cross_class_cosine"}
-    assert card["sparsity_threshold"] is None
-    report = render_report(summary, [])
-    assert "| optimizer | seeds | ACC ↑ | Forgetting ↓ | eff. rank | cross-class cos |" in report
+def test_unit_files_are_checked_when_read(tmp_path):
+    good = _unit("sgd", 0, 0.5)
+    path = tmp_path / "sgd__seed0.json"
+    path.write_text(json.dumps(good.to_json()))
+    assert MnistUnitResult.read(path) == good
+    broken = {
+        "truncated": json.dumps(good.to_json())[:100],
+        "empty": "",
+        "missing key": json.dumps({k: v for k, v in good.to_json().items() if k != "acc"}),
+        "wrong type": json.dumps({**good.to_json(), "accuracy_matrix": "x"}),
+        "old schema": json.dumps({**good.to_json(), "schema_version": 1}),
+        "not an object": "[1, 2]",
+    }
+    for kind, text in broken.items():
+        path.write_text(text)
+        with pytest.raises(InvalidUnitFile, match="sgd__seed0.json"):
+            MnistUnitResult.read(path)
 
 
 def test_report_shows_intervals_paired_differences_and_the_card(summary):

@@ -81,4 +81,4 @@ def test_deepspeed_zero0_under_torchrun(tmp_path, single_process_run):
     summary = check_two_rank_run(tmp_path / "out", single_process_run)
     ends = [json.loads(l) for l in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines() if '"domain_end"' in l]
     assert [l["optimizer_steps"] for l in ends if l["unit"] == "shampoo__seed0"] == [STEPS, 2 * STEPS, 3 * STEPS]
-    assert summary["units"][1]["optimizer"] == "shampoo"
+    assert summary["units"][1]["arm"] == "shampoo"

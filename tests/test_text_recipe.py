@@ -10,7 +10,9 @@ from basinlab.errors import UserError
 from basinlab.launch import text_recipe
 from basinlab.launch.config import config_from_dict
 from basinlab.launch.rundir import RunDirectory
-from basinlab.launch.text_recipe import TextUnit, run_text_experiment
+from basinlab.eval.results import TextUnitResult
+from basinlab.launch.driver import run_experiment, write_report
+from basinlab.launch.text_recipe import TextUnit
 
 
 
@@ -25,7 +27,7 @@ def metrics_lines(run_dir):
 @pytest.fixture(scope="module")
 def finished_text_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("text_run")
-    return run_text_experiment(text_config(tmp_path), tmp_path / "out"), tmp_path
+    return run_experiment(text_config(tmp_path), tmp_path / "out"), tmp_path
 
 
 def test_run_writes_loss_matrices_report_and_plots(finished_text_run):
@@ -50,7 +52,7 @@ def test_run_writes_loss_matrices_report_and_plots(finished_text_run):
     assert {p.name for p in (run_dir / "plots").iterdir()} == {
         "loss_matrix.png", "domain_losses.png", "per_layer_representation.png", "domain_cosine.png", "train_loss.png"
     }
-    assert RunDirectory(run_dir).write_report() == run_dir / "report.md"  # `basinlab report` rebuilds it
+    assert write_report(RunDirectory(run_dir)) == run_dir / "report.md"  # `basinlab report` rebuilds it
 
 
 def test_metrics_and_carried_optimizer_state(finished_text_run):
@@ -68,7 +70,7 @@ def test_metrics_and_carried_optimizer_state(finished_text_run):
 def test_reset_optimizer_per_domain(tmp_path):
     config = text_config(tmp_path, train={"reset_optimizer_per_domain": True, "steps_per_domain": 2, "logging_steps": 1},
                          arms=[{"name": "adamw", "lr": 1e-3}])
-    run_dir = run_text_experiment(config, tmp_path / "out")
+    run_dir = run_experiment(config, tmp_path / "out")
     ends = [line for line in metrics_lines(run_dir) if line.get("event") == "domain_end"]
     assert [line["optimizer_steps"] for line in ends] == [2, 2, 2]
 
@@ -86,17 +88,16 @@ def test_resume_after_interruption_matches_uninterrupted_run(finished_text_run, 
     config = text_config(tmp_path)
     output = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
-        run_text_experiment(config, output)
+        run_experiment(config, output)
     assert (output / "checkpoints" / "shampoo__seed0" / "domain-001" / "progress.json").exists()
     monkeypatch.setattr(TextUnit, "_save_checkpoint", save)
-    run_text_experiment(config, output, resume=True)
+    run_experiment(config, output, resume=True)
 
-    reference = RunDirectory(reference_dir).read_units()
-    resumed = RunDirectory(output).read_units()
-    for unit in reference:
-        assert resumed[unit]["loss_matrix"] == reference[unit]["loss_matrix"], unit
-        assert resumed[unit]["train_loss"] == reference[unit]["train_loss"], unit
-        assert resumed[unit]["final_representation"] == reference[unit]["final_representation"], unit
+    reference = RunDirectory(reference_dir).read_units(TextUnitResult)
+    resumed = RunDirectory(output).read_units(TextUnitResult)
+    assert [u.unit for u in resumed] == [u.unit for u in reference]
+    for a, b in zip(reference, resumed):
+        assert (b.loss_matrix, b.train_loss, b.final_representation) == (a.loss_matrix, a.train_loss, a.final_representation)
 
     def comparable(lines):
         return [(l["unit"], l.get("event"), l.get("label"), l.get("step"), l.get("loss")) for l in lines]

@@ -29,29 +29,28 @@ Design choices:
   the same records. Evaluation uses no collectives, so nothing can deadlock whatever ranks
   do, and under DDP all ranks hold identical weights, hence identical records; sharded
   setups (ZeRO-3, FSDP) whose forward needs every rank also work because all ranks run it.
-  Only the main process (``torch.distributed`` rank 0, or no process group) writes
-  ``metrics.jsonl``.
+  Only the main process (``torch.distributed`` rank 0, or no process group) writes.
 - ``records`` hold only dicts, lists, strings, ints, floats and None (NaN stays a float NaN
-  in memory). ``<output_dir>/metrics.jsonl`` gets one JSON line per record, NaN written as
-  null; each line is appended with a single write, then flushed and fsynced (not rewritten
-  through basinlab.atomic).
+  in memory), so ``state_dict`` is plain data (loads with ``weights_only=True``). Each record
+  goes to ``sink`` (a recipe's one writer of its metrics file) or, standalone, as one JSON
+  line to ``<output_dir>/metrics.jsonl`` (NaN written as null, one append-mode write).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
 
-from basinlab.atomic import json_safe
+from basinlab import ranks
+from basinlab.atomic import append_json_line
 from basinlab.eval.continual import loss_continual_metrics
 from basinlab.eval.representation import (
     class_mean_cosine,
@@ -94,11 +93,6 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _is_main_process() -> bool:
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 class DomainEvaluationCallback(TrainerCallback):
     """Per-domain MLM loss and per-layer representation metrics at domain boundaries.
 
@@ -116,6 +110,7 @@ class DomainEvaluationCallback(TrainerCallback):
         output_dir: when set, every record is appended to ``<output_dir>/metrics.jsonl``.
         record_fields: extra keys written into every record (e.g. the run's unit and seed),
             so one metrics.jsonl can hold several runs.
+        sink: instead of ``output_dir``, a function that writes each record (main process).
     """
 
     def __init__(
@@ -129,6 +124,7 @@ class DomainEvaluationCallback(TrainerCallback):
         seed: int = 0,
         output_dir: str | os.PathLike | None = None,
         record_fields: Mapping[str, Any] | None = None,
+        sink: Callable[[dict], None] | None = None,
     ):
         if not eval_sets:
             raise ValueError("eval_sets is empty; pass at least one domain")
@@ -151,7 +147,10 @@ class DomainEvaluationCallback(TrainerCallback):
         self.batch_size = int(batch_size)
         self.every_n_steps = None if every_n_steps is None else int(every_n_steps)
         self.seed = int(seed)
+        if sink is not None and output_dir is not None:
+            raise ValueError("pass output_dir or sink, not both: each record has one writer")
         self.output_dir = None if output_dir is None else Path(output_dir)
+        self.sink = sink
         self.record_fields = dict(record_fields or {})
         self.pad_token_id = int(tokenizer.pad_token_id)
         self.mask_token_id = int(tokenizer.mask_token_id)
@@ -302,14 +301,13 @@ class DomainEvaluationCallback(TrainerCallback):
         return record
 
     def _write(self, record: dict) -> None:
-        if self.output_dir is None or not _is_main_process():
+        if not ranks.is_main_process():
             return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(json_safe(record), sort_keys=True, allow_nan=False) + "\n"
-        with open(self.output_dir / "metrics.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        if self.sink is not None:
+            self.sink(record)
+        elif self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            append_json_line(self.output_dir / "metrics.jsonl", record)
 
     # ---------------------------------------------------------------- domain boundaries
 

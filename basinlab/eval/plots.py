@@ -94,7 +94,7 @@ def cross_class_cosine(summary: dict[str, Any], path: Path) -> Path:
     for ax, (label, agg) in zip(axes, aggregate.items()):
         matrix = np.array(agg["mean_final_cross_class_cosine"], dtype=float)
         image = ax.imshow(matrix, vmin=min(0.0, np.nanmin(matrix)), vmax=1, cmap="magma")
-        ax.set_title(f"{label}: mean off-diag {_number(agg['final_cross_class_cosine']['mean'], 3)}")
+        ax.set_title(f"{label}: mean off-diag {_number(agg['final_cross_class_cosine_mean']['mean'], 3)}")
         ax.set_xlabel("class")
         ax.set_ylabel("class")
         ax.set_xticks(range(len(matrix)))

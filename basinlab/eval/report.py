@@ -10,9 +10,9 @@ COLUMNS = [
     ("fwt", "FWT ↑", 3),
     ("forgetting", "Forgetting ↓", 3),
     ("final_effective_rank", "eff. rank", 1),
-    ("final_cross_class_cosine", "cross-class cos", 3),
+    ("final_cross_class_cosine_mean", "cross-class cos", 3),
     ("final_first_task_cka", "task-1 CKA", 3),
-    ("epochs", "epochs", 1),
+    ("total_epochs", "epochs", 1),
 ]
 
 
@@ -21,7 +21,7 @@ PROPERTY_CARD_COLUMNS = [
     ("acc", "ACC ↑", 3),
     ("forgetting", "Forgetting ↓", 3),
     ("final_effective_rank", "eff. rank", 1),
-    ("final_cross_class_cosine", "cross-class cos", 3),
+    ("final_cross_class_cosine_mean", "cross-class cos", 3),
     ("sparsity", "share \\|w\\| < {threshold}", 3),
 ]
 
@@ -66,13 +66,13 @@ def stat_table(first: str, rows: list[tuple[str, int, dict]], columns: list[tupl
 
 
 def comparison_table(summary: dict[str, Any], columns: list[tuple[str, str, int]] = COLUMNS) -> str:
-    """One row per optimizer, mean ± 95 % CI half-width over seeds of each (key, title, digits) column."""
+    """One row per arm, mean ± 95 % CI half-width over seeds of each (key, title, digits) column."""
     rows = [(label, len(agg["seeds"]), agg) for label, agg in summary["aggregate"].items()]
-    return stat_table("optimizer", rows, columns)
+    return stat_table("arm", rows, columns)
 
 
 def paired_table(summary: dict[str, Any], columns: list[tuple[str, str, int]] = COLUMNS) -> str:
-    """One row per optimizer pair: same-seed differences a − b of the comparison table's metrics."""
+    """One row per pair of arms: same-seed differences a − b of the comparison table's metrics."""
     rows = [(f"{d['a']} − {d['b']}", len(d["seeds"]), d) for d in summary["paired_differences"]]
     return stat_table("a − b", rows, columns, cell=_difference_cell)
 
@@ -82,7 +82,7 @@ PAIRED_NOTE = ("Each cell: mean over seeds of (a − b) on the same seed (same i
 
 
 def property_card_table(summary: dict[str, Any]) -> str:
-    """One row per optimizer: the properties the paper compares side by side; columns no unit measured are left out."""
+    """One row per arm: the properties the paper compares side by side; columns no unit measured are left out."""
     card = summary["property_card"]
     rows = [(label, len(summary["aggregate"][label]["seeds"]), row) for label, row in card["arms"].items()]
     columns = [
@@ -90,7 +90,7 @@ def property_card_table(summary: dict[str, Any]) -> str:
         for key, title, digits in PROPERTY_CARD_COLUMNS
         if any(key in row for _, _, row in rows)
     ]
-    return stat_table("optimizer", rows, columns)
+    return stat_table("arm", rows, columns)
 
 
 def _options(spec: dict[str, Any]) -> str:
@@ -134,7 +134,7 @@ def pruning_table(summary: dict[str, Any]) -> str:
     keep = next(iter(aggregate.values()))["pruning"]["keep"]
     thresholds = list(next(iter(aggregate.values())).get("final_weights_below", {}))
     header = (
-        "| optimizer | " + " | ".join(f"{100 * k:g}% kept" for k in keep) + " | "
+        "| arm | " + " | ".join(f"{100 * k:g}% kept" for k in keep) + " | "
         + " | ".join(f"share \\|w\\| < {t}" for t in thresholds) + " |"
     )
     rule = "|" + "---|" * (len(keep) + len(thresholds) + 1)
@@ -202,12 +202,12 @@ TEXT_COLUMNS = [
     ("final_effective_rank", "eff. rank", 1),
     ("final_cross_domain_cosine", "cross-domain cos", 3),
     ("final_retained_cka", "retained CKA", 3),
-    ("tokens_per_second", "tokens/s", 0),
+    ("mean_tokens_per_second", "tokens/s", 0),
 ]
 
 
 def loss_matrix_tables(summary: dict[str, Any]) -> list[str]:
-    """One markdown loss matrix per optimizer (mean over seeds), the initial losses as the first row."""
+    """One markdown loss matrix per arm (mean over seeds), the initial losses as the first row."""
     domains = summary["domains"]
     lines = []
     for label, agg in summary["aggregate"].items():

@@ -1,6 +1,6 @@
 """Aggregate the units of a text-domain (masked-LM) run into its summary.
 
-Same shape as the MNIST summary (``aggregate`` per optimizer with mean / std / n over
+Same shape as the MNIST summary (``aggregate`` per arm with mean / std / n over
 seeds, ``units`` kept whole), in loss terms: lower is better, and BWT / forgetting are
 positive when the model forgets (signs of :func:`basinlab.eval.continual.loss_continual_metrics`).
 Representation metrics are read at the last layer for the headline and kept per layer.
@@ -8,50 +8,12 @@ Representation metrics are read at the last layer for the headline and kept per 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
-from basinlab.eval.stats import mean_ci
-from basinlab.eval.summary import SCHEMA_VERSION, mean_std_curves, nan_mean, paired_difference_table, run_fields
-
-
-def _finite_mean(values: list[float | None]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
-
-
-def layer_metrics(layer: dict[str, Any], retained: list[str]) -> dict[str, float]:
-    """One layer's record reduced to three numbers: effective rank (mean over domains), mean
-    cross-domain cosine, and CKA to right-after-training (mean over the ``retained`` domains)."""
-    return {
-        "effective_rank": _finite_mean(list(layer["effective_rank"].values())),
-        "cross_domain_cosine": layer["mean_cross_domain_cosine"],
-        "retained_cka": _finite_mean([layer["cka_to_after_domain"][name] for name in retained]),
-    }
-
-
-def unit_layer_metrics(unit: dict[str, Any]) -> list[dict[str, float]]:
-    """Per-layer metrics after the last domain; CKA over the domains trained before it."""
-    retained = unit["rows"][:-1]
-    return [layer_metrics(layer, retained) for layer in unit["final_representation"]]
-
-
-def _last_layer(key: str):
-    return lambda u: unit_layer_metrics(u)[-1][key]
-
-
-HEADLINE = {
-    "final_loss": lambda u: u["continual"]["final_loss"],
-    "bwt_loss": lambda u: u["continual"]["bwt_loss"],
-    "fwt_loss": lambda u: u["continual"]["fwt_loss"],
-    "forgetting_loss": lambda u: u["continual"]["forgetting_loss"],
-    "final_effective_rank": _last_layer("effective_rank"),
-    "final_cross_domain_cosine": _last_layer("cross_domain_cosine"),
-    "final_retained_cka": _last_layer("retained_cka"),
-    "tokens_per_second": lambda u: _finite_mean(u["tokens_per_second"]),
-}
+from basinlab.eval.results import SCHEMA_VERSION, TextUnitResult
+from basinlab.eval.summary import headline_stats, mean_std_curves, nan_mean, paired_difference_table, run_fields, units_by_arm
 
 CONVENTIONS = {
     "loss": "validation masked-LM cross-entropy (nats per masked token) with masks fixed per example; lower is better",
@@ -66,53 +28,47 @@ CONVENTIONS = {
     "retained_cka": "linear CKA between a domain's probe representations right after training it and after the last "
     "domain, averaged over the domains before the last; 1 = unchanged",
     "layer": "0 = embeddings, k = output of transformer layer k; headline numbers use the last layer",
-    "tokens_per_second": "training tokens per second of wall time between the first and last optimizer step of a "
+    "mean_tokens_per_second": "training tokens per second of wall time between the first and last optimizer step of a "
     "domain (all ranks together), mean over domains; domain-boundary evaluation excluded",
 }
 
 
-def build_text_summary(config: dict[str, Any], units: list[dict[str, Any]]) -> dict[str, Any]:
+def build_text_summary(config: dict[str, Any], units: list[TextUnitResult]) -> dict[str, Any]:
     """The summary of a text run from its resolved config and its finished unit results."""
-    labels = [o["label"] for o in config["arms"]]
+    by_arm = units_by_arm(config, units)
     aggregate = {}
-    for label in labels:
-        group = sorted((u for u in units if u["optimizer"] == label), key=lambda u: u["seed"])
-        if not group:
-            continue
-        layers = [unit_layer_metrics(u) for u in group]
+    for label, group in by_arm.items():
+        layers = [u.layer_metrics() for u in group]
         aggregate[label] = {
-            "seeds": [u["seed"] for u in group],
-            **{name: mean_ci([read(u) for u in group]) for name, read in HEADLINE.items()},
-            "mean_loss_matrix": nan_mean([u["loss_matrix"] for u in group]),
-            "mean_initial_losses": nan_mean([u["initial_losses"] for u in group]),
-            "first_domain_loss_curve": mean_std_curves([[row[0] for row in u["loss_matrix"]] for u in group]),
+            **headline_stats(group),
+            "mean_loss_matrix": nan_mean([u.loss_matrix for u in group]),
+            "mean_initial_losses": nan_mean([u.initial_losses for u in group]),
+            "first_domain_loss_curve": mean_std_curves([[row[0] for row in u.loss_matrix] for u in group]),
             "seen_domains_loss_curve": mean_std_curves(
-                [[float(np.mean(row[: i + 1])) for i, row in enumerate(u["loss_matrix"])] for u in group]
+                [[float(np.mean(row[: i + 1])) for i, row in enumerate(u.loss_matrix)] for u in group]
             ),
             "per_layer": {
                 key: nan_mean([[layer[key] for layer in ls] for ls in layers])
                 for key in ("effective_rank", "cross_domain_cosine", "retained_cka")
             },
-            "mean_final_domain_cosine": nan_mean([u["final_representation"][-1]["domain_mean_cosine"] for u in group]),
+            "mean_final_domain_cosine": nan_mean([u.final_representation[-1]["domain_mean_cosine"] for u in group]),
             "train_loss_curve": {
-                "step": [step for step, _ in group[0]["train_loss"]],
-                **mean_std_curves([[loss for _, loss in u["train_loss"]] for u in group]),
+                "step": [step for step, _ in group[0].train_loss],
+                **mean_std_curves([[loss for _, loss in u.train_loss] for u in group]),
             },
         }
-    first = units[0] if units else {}
+    first = units[0] if units else None
     data = config["data"]
     return {
         "schema_version": SCHEMA_VERSION,
         "recipe": "text",
         "name": config["name"],
-        "domains": first.get("domains", [d["name"] if isinstance(d, dict) else d for d in data["domains"]]),
-        "domain_sizes": first.get("domain_sizes"),
+        "domains": first.domains if first else [d["name"] if isinstance(d, dict) else d for d in data["domains"]],
+        "domain_sizes": first.domain_sizes if first else None,
         "model": config["model"],
         "max_length": data["max_length"],
         "steps_per_domain": config["train"]["steps_per_domain"],
-        "world_size": first.get("world_size"),
+        "world_size": first.world_size if first else None,
         **run_fields(config, units, aggregate, CONVENTIONS),
-        "paired_differences": paired_difference_table(
-            {label: [u for u in units if u["optimizer"] == label] for label in aggregate}, HEADLINE
-        ),
+        "paired_differences": paired_difference_table(by_arm),
     }

@@ -7,11 +7,10 @@ interrupted run keeps its finished units and says how to continue.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from basinlab import __version__
+from basinlab import __version__, ranks
 from basinlab.data.text import TEXT_DOMAINS
 from basinlab.errors import UserError
 from basinlab.launch.logs import configure_logging
@@ -45,20 +44,12 @@ def _prepare_text(args: argparse.Namespace) -> None:
 
 def _run(args: argparse.Namespace) -> None:
     from basinlab.launch.config import load_config
+    from basinlab.launch.driver import run_experiment
 
     config = load_config(args.config, args.set)
     output = args.output or Path("runs") / config.name
-    if config.recipe == "text":
-        from basinlab.launch.text_recipe import run_text_experiment
-
-        if args.workers != 1:
-            raise UserError("--workers applies to the mnist recipe; a text run uses accelerate launch for more processes")
-        path = run_text_experiment(config, output, resume=args.resume)
-    else:
-        from basinlab.launch.mnist_recipe import run_experiment
-
-        path = run_experiment(config, output, resume=args.resume, workers=args.workers)
-    if _is_main_process():
+    path = run_experiment(config, output, resume=args.resume, workers=args.workers, only=args.only)
+    if ranks.is_main_process():
         print(f"run finished: {path / 'report.md'}")
 
 
@@ -67,19 +58,27 @@ def _tune(args: argparse.Namespace) -> None:
 
     result = tune(
         args.config, args.grid, key=args.key, overrides=args.set, output=args.output, resume=args.resume,
-        write=args.write, main=_is_main_process(), workers=args.workers,
+        write=args.write, main=ranks.is_main_process(), workers=args.workers,
     )
     if result is not None:
         print(render_table(result))
 
 
 def _report(args: argparse.Namespace) -> None:
+    from basinlab.launch.driver import write_report
     from basinlab.launch.rundir import RunDirectory
 
     for folder in args.run_dirs:
         if not folder.is_dir():
             raise UserError(f"run directory {str(folder)!r} does not exist; pass the --output of a finished run")
-        print(f"report rebuilt: {RunDirectory(folder).write_report()}")
+        print(f"report rebuilt: {write_report(RunDirectory(folder))}")
+
+
+def _labels(text: str) -> list[str]:
+    labels = [label.strip() for label in text.split(",") if label.strip()]
+    if not labels:
+        raise argparse.ArgumentTypeError("expects arm labels separated by commas, e.g. --only sgd,adamw")
+    return labels
 
 
 def _positive_int(text: str) -> int:
@@ -144,12 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run",
-        help="run every (optimizer, seed) unit of a config",
-        description="Train every optimizer of CONFIG on every seed through the task sequence (MNIST tasks, "
-        "or text domains with `recipe: text`) and write config.yaml, metrics.jsonl, summary.json, plots/ and "
+        help="run every (arm, seed) unit of a config",
+        description="Train every arm (optimizer config) of CONFIG on every seed through the task sequence (MNIST "
+        "tasks, or text domains with `recipe: text`) and write config.yaml, metrics.jsonl, summary.json, plots/ and "
         "report.md into the output directory. Works in one process and under `accelerate launch` / torchrun.",
     )
     _add_run_arguments(run, default_output="runs/<config name>")
+    run.add_argument(
+        "--only",
+        type=_labels,
+        metavar="LABEL[,LABEL]",
+        help="train only these arms (by label); config.yaml keeps the whole config, so later runs with --resume "
+        "add the other arms to the same run",
+    )
     run.set_defaults(handler=_run)
 
     tune = commands.add_parser(
@@ -191,13 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(_is_main_process())
+    configure_logging(ranks.is_main_process())
     try:
         args.handler(args)
     except UserError as err:

@@ -1,8 +1,9 @@
-"""Continual masked-LM pre-training over text domains with the Hugging Face Trainer.
+"""Continual masked-LM pre-training over text domains with the Hugging Face Trainer, as a
+:class:`basinlab.launch.driver.Recipe`.
 
-Read top to bottom: ``run_text_experiment`` prepares the domains (tokenizer, packed
-sequences) and loops over (optimizer, seed) units; ``TextUnit`` trains one BERT through
-the domains in order and evaluates it with :class:`DomainEvaluationCallback`.
+Read top to bottom: ``TextRecipe`` prepares the domains (tokenizer, packed sequences) and
+trains one (arm, seed) unit at a time; ``TextUnit`` trains one BERT through the domains in
+order and evaluates it with :class:`DomainEvaluationCallback`.
 
 Per unit:
 
@@ -14,9 +15,11 @@ Per unit:
   state (moments, Shampoo's factors) carries over unless ``reset_optimizer_per_domain``.
 - Each domain's Trainer seeds its data order, masking and dropout from (seed, domain), so
   a run resumed from a domain checkpoint continues exactly as if never interrupted.
-- After each domain, a checkpoint (model, optimizer, evaluation records) in
-  ``checkpoints/<unit>/``; Shampoo's, SOAP's and Muon's state is saved shard by shard (distributed,
-  they keep different blocks on every rank). An interruption loses at most one domain.
+- After each domain, a checkpoint (model, optimizer, evaluation records, training curve and
+  how many metrics lines the unit had written) in ``checkpoints/<unit>/``; Shampoo's, SOAP's
+  and Muon's state is saved shard by shard (distributed, they keep different blocks on every
+  rank). An interruption loses at most one domain; the run directory keeps the unit's log up
+  to its checkpoint, so nothing is replayed.
 """
 
 from __future__ import annotations
@@ -28,28 +31,33 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from accelerate.state import AcceleratorState
+from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
+from basinlab import ranks
 from basinlab.atomic import atomic_write, atomic_write_json
 from basinlab.data.mlm import DomainSequences, domain_sequences
 from basinlab.data.text import load_domain_spec, load_text_domain
 from basinlab.data.tokenizer import load_tokenizer, train_wordpiece
 from basinlab.errors import UserError
 from basinlab.eval.callbacks import INITIAL, DomainEvaluationCallback
+from basinlab.eval.plots import write_text_plots
+from basinlab.eval.report import render_text_report
+from basinlab.eval.results import TextUnitResult
+from basinlab.eval.text_summary import build_text_summary
 from basinlab.launch.config import ArmConfig, TextRunConfig
-from basinlab.launch.rundir import RunDirectory, unit_id
+from basinlab.launch.driver import UnitLog
+from basinlab.launch.rundir import PROGRESS, RunDirectory
 from basinlab.models import build_bert_mlm
 from basinlab.optim import load_sharded_state, save_sharded_state
 from basinlab.optim.engine import BucketedOptimizer
 from basinlab.optim.registry import group_options, model_param_groups, optimizer_factory
 
 logger = logging.getLogger(__name__)
-
-PROGRESS = "progress.json"  # written last into a domain checkpoint: the checkpoint is complete
 
 
 def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
@@ -86,15 +94,6 @@ def optimizer_steps(optimizer: torch.optim.Optimizer) -> int:
     return int(max(float(s) for s in steps)) if steps else 0
 
 
-def _is_distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _barrier() -> None:
-    if _is_distributed():
-        torch.distributed.barrier()
-
-
 class TrainingLog(TrainerCallback):
     """Training loss, learning rate and tokens/s of every logging step, under a step count that
     runs on across domains; checks that a carried optimizer still owns the model's parameters."""
@@ -128,10 +127,12 @@ class TrainingLog(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
+            step = self.step_offset + state.global_step
+            self.unit.train_loss.append([step, logs["loss"]])
             self.unit.log(
                 "train",
                 domain=self.domain,
-                step=self.step_offset + state.global_step,
+                step=step,
                 loss=logs["loss"],
                 learning_rate=logs.get("learning_rate"),
                 grad_norm=logs.get("grad_norm"),
@@ -139,41 +140,35 @@ class TrainingLog(TrainerCallback):
 
 
 class TextUnit:
-    """Trains one model with one optimizer through the domain sequence of one seed."""
+    """Trains one model with one arm's optimizer through the domain sequence of one seed."""
 
     def __init__(
         self,
         config: TextRunConfig,
-        optimizer_config: ArmConfig,
-        seed: int,
+        arm: ArmConfig,
+        log: UnitLog,
         domains: list[DomainSequences],
         tokenizer: Any,
         run: RunDirectory,
-        main: bool,
         process_kwargs: dict[str, Any],
     ):
         self.config = config
-        self.optimizer_config = optimizer_config
-        self.seed = seed
+        self.arm = arm
+        self.log_writer = log
+        self.seed = log.fields["seed"]
+        self.unit = log.unit
         self.domains = domains
         self.tokenizer = tokenizer
         self.run = run
-        self.main = main
         self.process_kwargs = process_kwargs
-        self.unit = unit_id(optimizer_config.label, seed)
-        self.checkpoints = run.path / "checkpoints" / self.unit
-        self.log_lines: list[dict[str, Any]] = []
+        self.checkpoints = run.checkpoint_dir(self.unit)
+        self.train_loss: list[list[float]] = []  # [step, loss] of every logging step
         self.domain_stats: list[dict[str, Any]] = []
-        self.writer = None
-        if main and config.log_with == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(run.tensorboard_dir / self.unit))
         self.model = build_bert_mlm(
             config.model.preset,
             len(tokenizer),
             config.data.max_length,
-            seed=seed,
+            seed=self.seed,
             pad_token_id=tokenizer.pad_token_id,
             **config.model.config_overrides,
         )
@@ -184,28 +179,21 @@ class TextUnit:
             mlm_probability=config.train.mlm_probability,
             batch_size=config.train.eval_batch_size,
             every_n_steps=config.train.eval_every_n_steps,
-            seed=seed,
-            output_dir=run.path if main else None,
-            record_fields={"unit": self.unit, "optimizer": optimizer_config.label, "seed": seed},
+            seed=self.seed,
+            sink=log.record,
         )
 
     # ------------------------------------------------------------------ logging
 
     def log(self, event: str, **values: Any) -> None:
-        """One metrics.jsonl line (main process) and its TensorBoard scalars; kept for checkpoints."""
-        line = {"unit": self.unit, "optimizer": self.optimizer_config.label, "seed": self.seed, "event": event, **values}
-        self.log_lines.append(line)
-        if self.main:
-            self.run.log_metrics(line)
-        if self.writer is not None and "step" in values:
-            for key, value in values.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.writer.add_scalar(f"{event}/{key}", value, values["step"])
+        """One metrics.jsonl line and its TensorBoard scalars."""
+        self.log_writer.write(event, **values)
+        if "step" in values:
+            scalars = {f"{event}/{k}": v for k, v in values.items() if isinstance(v, (int, float)) and k != "step"}
+            self.log_writer.scalars(scalars, values["step"])
 
     def _log_evaluation(self, record: dict[str, Any], step: int) -> None:
-        if self.writer is not None:
-            for name, loss in record["loss"].items():
-                self.writer.add_scalar(f"eval_loss/{name}", loss, step)
+        self.log_writer.scalars({f"eval_loss/{name}": loss for name, loss in record["loss"].items()}, step)
 
     # ------------------------------------------------------------------ training
 
@@ -214,8 +202,8 @@ class TextUnit:
         parameter group (not to biases and LayerNorm), overriding a kwarg, so it goes there. An
         optimizer that forms its own groups from the model (Muon) gets them as the kwargs' "params",
         which the Trainer uses instead of its own, with the same weight-decay convention."""
-        name = self.optimizer_config.name
-        options = dict(self.optimizer_config.options)
+        name = self.arm.name
+        options = dict(self.arm.options)
         weight_decay = float(options.pop("weight_decay", 0.0))
         grouping = {k: options.pop(k) for k in group_options(name) if k in options}
         groups = model_param_groups(name, self.model, weight_decay=weight_decay, **grouping)
@@ -233,7 +221,7 @@ class TextUnit:
             max_steps=train.steps_per_domain,
             per_device_train_batch_size=train.batch_size,
             gradient_accumulation_steps=train.gradient_accumulation_steps,
-            learning_rate=float(self.optimizer_config.options.get("lr", 1e-3)),  # shown in logs; the optimizer owns it
+            learning_rate=float(self.arm.options.get("lr", 1e-3)),  # shown in logs; the optimizer owns it
             weight_decay=weight_decay,
             lr_scheduler_type=train.lr_scheduler,
             warmup_steps=train.warmup_steps,
@@ -249,7 +237,7 @@ class TextUnit:
             average_tokens_across_devices=False,  # else the logged loss is multiplied by the world size under DDP
             dataloader_drop_last=True,
             dataloader_num_workers=train.dataloader_num_workers,
-            disable_tqdm=not self.main,
+            disable_tqdm=not ranks.is_main_process(),
             deepspeed=train.deepspeed,
             **self.process_kwargs,
         )
@@ -280,7 +268,7 @@ class TextUnit:
     def tokens_per_step(self, args: TrainingArguments) -> int:
         return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * self.config.data.max_length
 
-    def train(self) -> dict[str, Any]:
+    def train(self) -> TextUnitResult:
         started = time.perf_counter()
         first, restore = self._resume()
         if first == 0:
@@ -321,71 +309,61 @@ class TextUnit:
         folder = self.checkpoints / f"domain-{index:03d}"
         if isinstance(optimizer, BucketedOptimizer):
             save_sharded_state(optimizer, folder)
-        _barrier()
-        if self.main:
+        ranks.barrier()
+        if ranks.is_main_process():
             _save_torch(folder / "model.pt", self.model.state_dict())
             if not isinstance(optimizer, BucketedOptimizer):
                 _save_torch(folder / "optimizer.pt", optimizer.state_dict())
             _save_torch(folder / "callback.pt", self.callback.state_dict())
-            lines = [json.loads(line) for line in self.run.metrics_path.read_text().splitlines()]
             atomic_write_json(
                 folder / PROGRESS,
                 {
                     "completed_domains": index + 1,
-                    "metrics_lines": [line for line in lines if line.get("unit") == self.unit],  # in written order
+                    "metrics_lines": self.log_writer.lines,
                     "domain_stats": self.domain_stats,
+                    "train_loss": self.train_loss,
                 },
             )
             for old in self.checkpoints.glob("domain-*"):
                 if old != folder:
                     shutil.rmtree(old, ignore_errors=True)
-        _barrier()
+        ranks.barrier()
 
     def _resume(self) -> tuple[int, Callable | None]:
         """(first domain to train, optimizer loader or None) from the latest complete checkpoint."""
-        complete = sorted(p.parent for p in self.checkpoints.glob(f"domain-*/{PROGRESS}"))
-        if not complete:
+        folder = self.run.latest_checkpoint(self.unit)
+        if folder is None:
             return 0, None
-        folder = complete[-1]
         progress = json.loads((folder / PROGRESS).read_text())
         self.model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
-        self.callback.load_state_dict(torch.load(folder / "callback.pt", map_location="cpu", weights_only=False))
+        self.callback.load_state_dict(torch.load(folder / "callback.pt", map_location="cpu", weights_only=True))
         self.domain_stats = progress["domain_stats"]
-        for line in progress["metrics_lines"]:  # the run directory dropped this unfinished unit's lines
-            if "event" in line:
-                self.log_lines.append(line)
-            if self.main:
-                self.run.log_metrics(line)
+        self.train_loss = progress["train_loss"]
         first = progress["completed_domains"]
         logger.info("%s: resuming after domain %d (%s) from %s", self.unit, first, self.domains[first - 1].name, folder)
         if self.config.train.reset_optimizer_per_domain:
             return first, None
         return first, lambda optimizer: _load_optimizer(unwrap_optimizer(optimizer), folder)
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        if self.main:
-            shutil.rmtree(self.checkpoints, ignore_errors=True)
-            if not any(self.checkpoints.parent.iterdir()):
-                self.checkpoints.parent.rmdir()
-
     # ------------------------------------------------------------------ result
 
-    def _result(self, wall_time: float) -> dict[str, Any]:
+    def _result(self, wall_time: float) -> TextUnitResult:
         summary = self.callback.summary()
         rows = [r for r in self.callback.records if r["kind"] == "after_domain"]
-        return {
-            "optimizer": self.optimizer_config.label,
-            "seed": self.seed,
+        return TextUnitResult(
+            unit=self.unit,
+            arm=self.arm.label,
+            optimizer_name=self.arm.name,
+            seed=self.seed,
+            world_size=ranks.world_size(),
+            optimizer_state_shards=self.optimizer_state_shards,
+            wall_time_s=wall_time,
             **summary,
-            "representation_rows": [r["layers"] for r in rows],
-            "train_loss": [(line["step"], line["loss"]) for line in self.log_lines if line["event"] == "train"],
-            "tokens_per_second": [s["tokens_per_second"] for s in self.domain_stats],
-            "world_size": torch.distributed.get_world_size() if _is_distributed() else 1,
-            "optimizer_state_shards": self.optimizer_state_shards,
-            "wall_time_s": wall_time,
-        }
+            domain_sizes={d.name: {"train": len(d.train), "eval": len(d.eval), "probe": len(d.probe)} for d in self.domains},
+            representation_rows=[r["layers"] for r in rows],
+            train_loss=self.train_loss,
+            tokens_per_second=[s["tokens_per_second"] for s in self.domain_stats],
+        )
 
 
 def _save_torch(path: Path, obj: Any) -> None:
@@ -442,41 +420,41 @@ def load_domains(config: TextRunConfig, tokenizer: Any | None = None) -> tuple[A
     return tokenizer, domains
 
 
-def run_text_experiment(config: TextRunConfig, output: str | Path, resume: bool = False) -> Path:
-    """Run every (optimizer, seed) unit of ``config`` into ``output``; returns the run dir."""
-    run = RunDirectory(output)
-    process_kwargs = process_setup(config)
-    run.check(config.to_yaml(), resume)
-    # TrainingArguments sets up torch.distributed under a launcher; build one to learn the rank.
-    probe = TrainingArguments(output_dir=str(run.path), use_cpu=not torch.cuda.is_available(), report_to=[],
-                              deepspeed=config.train.deepspeed, **process_kwargs)
-    main = probe.process_index == 0
-    _barrier()  # every rank has checked before the main one writes
-    if main:
-        run.open(config.to_yaml())
-    _barrier()
-    with probe.main_process_first(desc="text domains and tokenizer"):
-        tokenizer, domains = load_domains(config)
-    for domain in domains:
-        logger.info("domain %s: %d train / %d eval / %d probe sequences of %d tokens", domain.name,
-                    len(domain.train), len(domain.eval), len(domain.probe), config.data.max_length)
-    finished = run.finished_units()
-    units = [(o, s) for s in config.seeds for o in config.arms]
-    todo = [(o, s) for o, s in units if unit_id(o.label, s) not in finished]
-    if finished:
-        logger.info("resuming %s: %d of %d units already finished", run.path, len(units) - len(todo), len(units))
-    logger.info("%s: %d units on %d process(es), device %s", config.name, len(todo), probe.world_size, probe.device)
-    for number, (optimizer, seed) in enumerate(todo, start=len(units) - len(todo) + 1):
-        logger.info("unit %d/%d: %s", number, len(units), unit_id(optimizer.label, seed))
-        unit = TextUnit(config, optimizer, seed, domains, tokenizer, run, main, process_kwargs)
-        result = unit.train()
-        result["domain_sizes"] = {d.name: {"train": len(d.train), "eval": len(d.eval), "probe": len(d.probe)} for d in domains}
-        if main:
-            run.write_unit(unit.unit, result)
-        _barrier()
-        unit.close()
-    _barrier()
-    if main:
-        run.write_report()
-        logger.info("report written to %s", run.path / "report.md")
-    return run.path
+class TextRecipe:
+    """Masked-LM pre-training over text domains, one (arm, seed) unit at a time."""
+
+    result_type: ClassVar[type[TextUnitResult]] = TextUnitResult
+    trains_seed_groups: ClassVar[bool] = False
+    supports_workers: ClassVar[bool] = False
+    summarize = staticmethod(build_text_summary)
+    plots = staticmethod(write_text_plots)
+    render = staticmethod(render_text_report)
+
+    def __init__(self, config: TextRunConfig):
+        self.config = config
+        self.process_kwargs = process_setup(config)
+        # TrainingArguments sets up torch.distributed under a launcher (what ranks then reports).
+        TrainingArguments(output_dir="unused", use_cpu=not torch.cuda.is_available(), report_to=[],
+                          deepspeed=config.train.deepspeed, **self.process_kwargs)
+        self.tokenizer, self.domains = None, []
+
+    def prepare(self) -> None:
+        with ranks.main_process_first():
+            self.tokenizer, self.domains = load_domains(self.config)
+        for domain in self.domains:
+            logger.info("domain %s: %d train / %d eval / %d probe sequences of %d tokens", domain.name,
+                        len(domain.train), len(domain.eval), len(domain.probe), self.config.data.max_length)
+
+    def hparams(self, arm: ArmConfig, seed: int) -> dict[str, Any]:
+        flat = {"seed": seed, "optimizer": arm.name}
+        flat.update({f"optim.{k}": v for k, v in arm.options.items() if isinstance(v, (int, float, str, bool))})
+        flat.update({f"train.{k}": v for k, v in vars(self.config.train).items() if isinstance(v, (int, float, str, bool))})
+        return flat
+
+    def train(
+        self, arm: ArmConfig, seeds: list[int], logs: list[UnitLog], run: RunDirectory, progress: tqdm
+    ) -> list[TextUnitResult]:
+        (log,) = logs  # one unit at a time (trains_seed_groups is False)
+        progress.set_postfix_str(log.unit)
+        unit = TextUnit(self.config, arm, log, self.domains, self.tokenizer, run, self.process_kwargs)
+        return [unit.train()]

@@ -20,8 +20,9 @@ import yaml
 
 from basinlab.atomic import atomic_write_json, atomic_write_text
 from basinlab.errors import UserError
+from basinlab.eval.results import MnistUnitResult
 from basinlab.launch.config import MnistRunConfig, apply_override, config_from_dict, load_config
-from basinlab.launch.mnist_recipe import run_experiment
+from basinlab.launch.driver import run_experiment
 from basinlab.launch.rundir import RunDirectory, unit_id
 
 SCORE = (
@@ -135,10 +136,10 @@ def tune(
     run = RunDirectory(run_experiment(derived, output, resume=resume, workers=workers))
     if not main:
         return None
-    units = run.read_units()
+    units = {u.unit: u for u in run.read_units(MnistUnitResult)}
     seed = derived.seeds[0]
     for arm in plan.values():
-        scores = [units[unit_id(label, seed)]["best_val_accuracy"][0] for label in arm["arms"]]
+        scores = [units[unit_id(label, seed)].best_val_accuracy[0] for label in arm["arms"]]
         best = scores.index(max(scores))  # ties: the first value listed
         grid = arm["grid"]
         arm.update(scores=scores, chosen=grid[best], best_score=scores[best], at_edge=grid[best] in (min(grid), max(grid)))
@@ -153,7 +154,7 @@ def tune(
         "run": str(run.path),
         "key": key,
         "seed": seed,
-        "task": next(iter(units.values()))["task_names"][0],
+        "task": next(iter(units.values())).task_names[0],
         "score": SCORE,
         "arms": plan,
     }
