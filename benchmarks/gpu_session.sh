@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures in the README: one short session on one GPU, run from the repository root.
+# The GPU figures in docs/benchmarks.md: one short session on one GPU, run from the repository root.
 #
 #   bash benchmarks/gpu_session.sh OUT_DIR
 #

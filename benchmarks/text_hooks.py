@@ -26,7 +26,9 @@ import time
 import torch
 from transformers import Trainer, TrainerCallback
 
+from basinlab.eval.results import TextUnitResult
 from basinlab.launch.config import config_from_dict
+from basinlab.launch.driver import UnitLog
 from basinlab.launch.rundir import RunDirectory
 from basinlab.launch.text_recipe import TextUnit, load_domains, unwrap_optimizer
 from basinlab.models import build_bert_mlm
@@ -70,8 +72,9 @@ def main() -> None:
     tokens_per_step = args.batch_size * args.max_length
     with tempfile.TemporaryDirectory() as folder:
         run = RunDirectory(folder)
-        run.open(config.to_yaml())
-        unit = TextUnit(config, config.arms[0], 0, domains, tokenizer, run, main=True, process_kwargs={})
+        run.open(config.to_yaml(), TextUnitResult)
+        log = UnitLog(run, config.arms[0], 0, {}, config.log_with)
+        unit = TextUnit(config, config.arms[0], log, domains, tokenizer, run, process_kwargs={})
         plain_model = build_bert_mlm(args.preset, len(tokenizer), args.max_length, seed=0, pad_token_id=tokenizer.pad_token_id)
         plain_optimizer = torch.optim.AdamW(plain_model.parameters(), lr=1e-3, weight_decay=0.01)
         carried = None
