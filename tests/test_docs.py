@@ -20,6 +20,7 @@ import re
 import shlex
 import subprocess
 import sys
+import types
 import unicodedata
 from dataclasses import dataclass
 from functools import cache
@@ -332,7 +333,12 @@ def _runnable(block: Block):
 @pytest.mark.parametrize("block", [p for p in map(_runnable, PYTHON) if p is not None])
 def test_python_snippet_runs(block, doc_dir):
     code = compile(block.text, block.where, "exec")
-    exec(code, {"__name__": "__docs__"})
+    module = types.ModuleType("__docs__")  # a real module, so dataclasses in a snippet resolve their annotations
+    sys.modules["__docs__"] = module
+    try:
+        exec(code, module.__dict__)
+    finally:
+        del sys.modules["__docs__"]
 
 
 # ------------------------------------------------------------------ launch commands, shortened
