@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import inspect
 import json
 import math
 import re
@@ -76,7 +75,7 @@ class DataConfig:
             raise UserError(f"config key 'data.max_train_examples' ({cap}) is below train.batch_size ({batch_size}), "
                             "so no full batch would train; raise it or lower train.batch_size")
         _require(most >= batch_size, "data.validation_size",
-                 f"({self.validation_size}) leaves a task at most {most} training images, fewer than train.batch_size "
+                 f"({self.validation_size}) leaves a task at most {most} training image(s), fewer than train.batch_size "
                  f"({batch_size}), so it would train no batch; lower data.validation_size")
 
 
@@ -270,11 +269,11 @@ class BertModelConfig:
     config_overrides: dict[str, Any] = field(default_factory=dict)  # further BertConfig fields
 
     def check(self) -> None:
-        from transformers import BertConfig
+        from transformers import BertConfig, PretrainedConfig
 
         _require(self.preset in BERT_PRESETS, "model.preset", f"must be one of {', '.join(BERT_PRESETS)}")
-        defaults = BertConfig().to_dict()
-        bert_fields = [p for p in inspect.signature(BertConfig.__init__).parameters if p not in ("self", "kwargs")]
+        defaults, common = BertConfig().to_dict(), PretrainedConfig().to_dict()
+        bert_fields = [k for k in defaults if k not in common and k not in _SET_BY_RECIPE]  # what a message lists
         for name, value in self.config_overrides.items():
             key = f"model.config_overrides.{name}"
             _require(name not in _SET_BY_RECIPE, key, f"is set by the recipe (from {_SET_BY_RECIPE.get(name)}); drop it")
