@@ -520,7 +520,7 @@ def read_utf8(path: str | os.PathLike, what: str, fix: str, limit: int | None = 
     try:  # a cut-off head may end inside a character: the incremental decoder holds it back
         text = codecs.getincrementaldecoder("utf-8")().decode(data[:limit], final=complete)
     except UnicodeDecodeError as exc:
-        raise UserError(f"{where} is not UTF-8 text at byte {exc.start}; {fix}") from None
+        raise UserError(f"{where} is not UTF-8 text at byte {exc.start} (save it as UTF-8); {fix}") from None
     return text, complete
 
 
