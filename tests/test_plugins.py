@@ -34,6 +34,12 @@ FACTORY = textwrap.dedent('''
 
     def factory(params, lr=0.01, momentum=0.0):
         return torch.optim.SGD(params, lr=lr, momentum=momentum)
+
+
+    def register():
+        from basinlab.optim import register_optimizer
+
+        register_optimizer("myopt_registered", torch.optim.AdamW)
 ''')
 MODULES = ("myopt_plugin", "myopt_factory", "myopt_broken")
 
@@ -41,7 +47,7 @@ MODULES = ("myopt_plugin", "myopt_factory", "myopt_broken")
 @pytest.fixture
 def plugin_dir(tmp_path, monkeypatch):
     """A folder on sys.path with the plug-in module and an installed-looking distribution whose
-    entry points name a module and a factory; registrations made in the test are undone after it."""
+    entry points name a module, a factory and a registration function; registrations made in the test are undone after it."""
     folder = tmp_path / "site"
     folder.mkdir()
     (folder / "myopt_plugin.py").write_text(PLUGIN)
@@ -52,6 +58,7 @@ def plugin_dir(tmp_path, monkeypatch):
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: myopt-plugins\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
         f"[{registry.ENTRY_POINT_GROUP}]\nmyopt_ep = myopt_factory:factory\nmyopt_mod = myopt_plugin\n"
+        "myopt_reg = myopt_factory:register\n"
     )
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     monkeypatch.setattr(registry, "_GROUPS", dict(registry._GROUPS))
@@ -80,11 +87,13 @@ def test_a_spawned_worker_unpickling_the_config_imports_its_plugins(plugin_dir):
     assert type(_builds(pickle.loads(pickle.dumps(config)))).__name__ == "MyOpt"
 
 
-def test_entry_points_register_a_factory_and_a_module(plugin_dir):
-    assert {"myopt_ep", "myopt"} <= set(registry.available_optimizers())
+def test_entry_points_register_a_factory_a_module_and_a_registration_function(plugin_dir):
+    assert {"myopt_ep", "myopt", "myopt_registered"} <= set(registry.available_optimizers())
+    assert "myopt_reg" not in registry.available_optimizers()  # the function registered, it is no optimizer
     config = config_from_dict({"arms": [{"name": "myopt_ep", "lr": 0.2, "momentum": 0.5}, {"name": "myopt"}]})
     assert _builds(config).defaults["momentum"] == 0.5
     assert type(build_optimizer("myopt", torch.nn.Linear(2, 2).parameters(), lr=0.1)).__name__ == "MyOpt"
+    assert isinstance(build_optimizer("myopt_registered", torch.nn.Linear(2, 2).parameters()), torch.optim.AdamW)
 
 
 def test_entry_points_load_lazily_and_once(plugin_dir):

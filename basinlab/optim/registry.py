@@ -10,7 +10,8 @@ orthogonalises) registers a ``param_groups(module, **options)`` function too; it
 modules instead of parameters forms the groups with it, one set per module.
 
 Installed packages add optimizers through the ``basinlab.optimizers`` entry-point group: an
-entry point names a module (imported for its ``register_optimizer`` calls) or a factory
+entry point names a module (imported for its ``register_optimizer`` calls), a function that
+takes no arguments (called, to register), or an optimizer factory taking the parameters first
 (registered under the entry point's name). They are loaded lazily, each once, the first
 time a name is not found (and by ``available_optimizers``).
 """
@@ -54,13 +55,25 @@ def load_entry_points() -> None:
         where = f"entry point {entry.name} = {entry.value} (group {ENTRY_POINT_GROUP})"
         try:
             target = entry.load()
+            registrar = callable(target) and not inspect.ismodule(target) and _takes_no_arguments(target)
+            if registrar:
+                target()
         except Exception as err:
             raise ValueError(f"{where} failed to load ({type(err).__name__}: {err}); fix or uninstall its package") from None
-        if inspect.ismodule(target):
-            continue  # importing it ran its register_optimizer calls
+        if inspect.ismodule(target) or registrar:
+            continue  # importing the module, or calling the function, registered its optimizers
         if not callable(target):
-            raise ValueError(f"{where} is neither a module nor an optimizer factory; fix its package")
+            raise ValueError(f"{where} is neither a module nor a callable; fix its package")
         register_optimizer(entry.name, target)
+
+
+def _takes_no_arguments(function: Callable) -> bool:
+    """A registration function can be called bare; an optimizer factory needs its parameters."""
+    try:
+        inspect.signature(function).bind()
+    except (TypeError, ValueError):  # ValueError: no signature to inspect
+        return False
+    return True
 
 
 def available_optimizers() -> list[str]:
