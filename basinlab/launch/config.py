@@ -283,8 +283,8 @@ class BertModelConfig:
 
     def _check_sizes(self) -> None:
         """The preset's sizes with the overrides applied must build: positive, heads dividing the width."""
-        sizes = dict(zip(_PRESET_FIELDS, BERT_PRESETS[self.preset]), **{
-            k: v for k, v in self.config_overrides.items() if k in _PRESET_FIELDS})
+        overridden = {k: v for k, v in self.config_overrides.items() if k in _PRESET_FIELDS}
+        sizes = {**dict(zip(_PRESET_FIELDS, BERT_PRESETS[self.preset])), **overridden}
         for name, size in sizes.items():
             _require(size >= 1, f"model.config_overrides.{name}", f"must be >= 1, got {size}")
         _require(
@@ -611,24 +611,27 @@ def _entry(entries: list, token: str, key: str, at: str) -> int:
     raise UserError(f"--set {key}: '{at}' has no entry with index or label {token!r}")
 
 
+def _slot(node: Any, token: str, key: str, at: str) -> Any:
+    """Where ``token`` lives in ``node`` (the value at ``at``): a mapping's key or a list entry's position."""
+    if isinstance(node, dict):
+        return token
+    if isinstance(node, list):
+        return _entry(node, token, key, at)
+    raise UserError(f"--set {key}: '{at}' is {type(node).__name__} {node!r}, not a section; set '{at}' itself")
+
+
 def apply_override(raw: dict, text: str) -> None:
     """Apply one ``key=value`` override to raw config data in place: sections along the key are
     created as needed, but a key never descends into a value, nor replaces a section with one."""
     path, value = _parse_override(text)
     key = ".".join(path)
     node: Any = raw
-    for depth, token in enumerate(path):
-        at = ".".join(path[:depth])
-        if isinstance(node, list):
-            slot: Any = _entry(node, token, key, at)
-        elif isinstance(node, dict):
-            slot = token
-            if depth < len(path) - 1 and node.get(slot) is None:
-                node[slot] = {}
-        else:
-            raise UserError(f"--set {key}: '{at}' is {type(node).__name__} {node!r}, not a section; set '{at}' itself")
-        if depth < len(path) - 1:
-            node = node[slot]
+    for depth, token in enumerate(path[:-1]):
+        slot = _slot(node, token, key, ".".join(path[:depth]))
+        if isinstance(node, dict) and node.get(slot) is None:
+            node[slot] = {}
+        node = node[slot]
+    slot = _slot(node, path[-1], key, ".".join(path[:-1]))
     current = node[slot] if isinstance(node, list) else node.get(slot)
     if isinstance(current, dict) and not isinstance(value, dict):
         raise UserError(f"--set {key}: '{key}' is a section; set one of its keys, e.g. --set {key}.<key>=VALUE")
