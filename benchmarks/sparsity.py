@@ -251,7 +251,8 @@ def convergence_arms(args: argparse.Namespace) -> list[tuple[str, float, float, 
 
 
 def convergence_part(args: argparse.Namespace) -> None:
-    from basinlab.data.mnist import default_cache_dir, load_mnist
+    from basinlab.data.cache import default_cache_dir
+    from basinlab.data.mnist import load_mnist
     from basinlab.data.streams import TaskStream, build_tasks
     from basinlab.models import MLP
 

@@ -82,7 +82,7 @@ def test_bad_files_and_overrides(tmp_path):
     good.write_text("arms: [{name: sgd, lr: 0.1}]\n")
     with pytest.raises(UserError, match="expects key=value"):
         load_config(good, ["train.max_epochs"])
-    with pytest.raises(UserError, match="no optimizer with index or label 'adamw'"):
+    with pytest.raises(UserError, match="'arms' has no entry with index or label 'adamw'"):
         load_config(good, ["arms.adamw.lr=1"])
     with pytest.raises(UserError, match="unknown config key 'train.epochs'"):
         load_config(good, ["train.epochs=3"])

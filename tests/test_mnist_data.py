@@ -10,18 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from basinlab.data.cache import default_cache_dir
 from basinlab.data.mnist import (
     IDX_FILES,
     MNIST_CONTENT_SHA256,
+    TRAIN_CLASS_COUNTS,
     content_sha256,
-    default_cache_dir,
     load_mnist,
     mnist_cache_path,
     prepare_mnist,
 )
 from basinlab.errors import UserError
 
-TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
@@ -68,7 +68,7 @@ def test_cache_holds_official_split(mnist):
     assert mnist.y_train.shape == (60000,) and mnist.y_test.shape == (10000,)
     for array in (mnist.x_train, mnist.y_train, mnist.x_test, mnist.y_test):
         assert array.dtype == np.uint8 and array.flags.c_contiguous
-    assert np.bincount(mnist.y_train).tolist() == TRAIN_COUNTS
+    assert np.bincount(mnist.y_train).tolist() == list(TRAIN_CLASS_COUNTS)
     assert np.bincount(mnist.y_test).tolist() == TEST_COUNTS
     assert mnist.x_train.min() == 0 and mnist.x_train.max() == 255
     assert mnist.y_train[:5].tolist() == [5, 0, 4, 1, 9] and mnist.y_test[:5].tolist() == [7, 2, 1, 0, 4]

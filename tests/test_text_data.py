@@ -190,7 +190,7 @@ def test_local_files_domain_spec(tmp_path):
     assert (len(paragraphs["train"]), len(paragraphs["validation"])) == (1, 1)  # two paragraphs
     with pytest.raises(UserError, match="no string field 'text'"):
         load_domain_spec({"name": "j", "local_files": [tmp_path / "c.jsonl"], "format": "json"})
-    with pytest.raises(UserError, match="cannot read"):
+    with pytest.raises(UserError, match="missing.txt. does not exist"):
         load_domain_spec({"name": "x", "local_files": [tmp_path / "missing.txt"]})
     with pytest.raises(UserError, match="unknown key"):
         load_domain_spec({"name": "x", "local_file": "typo.txt"})

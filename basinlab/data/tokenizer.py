@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
-from basinlab.data.mnist import default_cache_dir
+from basinlab.data.cache import cache_root
 from basinlab.data.text import content_sha256
 from basinlab.errors import UserError
 
@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 RECIPE_VERSION = 1  # bump when the training recipe changes, so cached tokenizers are not reused
 _DONE = "basinlab-tokenizer.json"
+_SAVED_FILES = ("tokenizer_config.json", "tokenizer.json")  # save_pretrained writes both
 
 
 def _train_texts(domains_datasets: Any) -> list[Any]:
@@ -63,7 +64,7 @@ def train_wordpiece(
 
     if vocab_size < len(SPECIAL_TOKENS) + 100:
         raise UserError(f"vocab_size {vocab_size} is too small; use at least a few thousand (e.g. 8192)")
-    root = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "tokenizers"
+    root = cache_root(cache_dir) / "tokenizers"
     folder = root / tokenizer_key(domains_datasets, vocab_size, lowercase)
     if (folder / _DONE).exists():
         logger.info("reusing the tokenizer in %s", folder)
@@ -115,14 +116,23 @@ def _save_atomically(fast: Any, folder: Path, info: dict) -> None:
         raise
 
 
-def load_tokenizer(path: str | os.PathLike):
-    """A pretrained fast tokenizer from a local directory (ours or any Hugging Face one)."""
-    from transformers import AutoTokenizer
-
+def check_tokenizer_dir(path: str | os.PathLike) -> Path:
+    """The folder, if it can hold a saved tokenizer (checked when a config loads, without loading it)."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise UserError(f"tokenizer directory {folder} does not exist; pass a folder saved with save_pretrained "
                         "or train one with train_wordpiece")
+    if not any((folder / name).is_file() for name in _SAVED_FILES):
+        raise UserError(f"cannot load a tokenizer from {folder}: it holds neither {' nor '.join(_SAVED_FILES)}; "
+                        "pass a folder saved with save_pretrained")
+    return folder
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """A pretrained fast tokenizer from a local directory (ours or any Hugging Face one)."""
+    from transformers import AutoTokenizer
+
+    folder = check_tokenizer_dir(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:

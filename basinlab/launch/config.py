@@ -3,16 +3,24 @@
 A config's ``recipe`` key picks its schema: ``mnist`` (the default; sequential MNIST tasks,
 :class:`MnistRunConfig`) or ``text`` (masked-LM training over text domains, :class:`TextRunConfig`).
 
-Every mistake (unknown key, wrong type, value out of range, unknown optimizer or
-optimizer option) raises ``UserError`` naming the dotted key, before any training.
-Overrides use ``--set key=value`` with a YAML value; list entries of ``arms`` are
-addressed by index or by label: ``--set arms.sgd.lr=0.05``.
+Every mistake (unknown key, wrong type, a value out of range or not finite, an unknown
+optimizer or optimizer option or one of the wrong type, sizes that leave a task empty,
+unreadable data files or folders) raises ``UserError`` naming the dotted key when the
+config loads: before any run directory, download or training. Overrides use
+``--set key=value`` with a YAML value; list entries are addressed by index, ``arms``
+entries also by label: ``--set arms.sgd.lr=0.05``.
+
+``plugins: [module, ...]`` names modules imported before the arms are checked, so an
+optimizer they register (``basinlab.optim.register_optimizer``) can be an arm; installed
+packages can register through the ``basinlab.optimizers`` entry-point group instead.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -22,11 +30,15 @@ from typing import Any, Optional
 import torch
 import yaml
 
-from basinlab.data.streams import CLASS_PAIRS, STREAMS
-from basinlab.data.text import TEXT_DOMAINS
+from basinlab.data.cache import check_cache_dir
+from basinlab.data.streams import CLASS_PAIRS, NUM_TRAIN, STREAMS, most_train_examples
+from basinlab.data.text import TEXT_DOMAINS, check_domain_spec, domain_name, read_utf8
+from basinlab.data.tokenizer import check_tokenizer_dir
 from basinlab.errors import UserError
+from basinlab.eval.pruning import KEEP_FRACTIONS, SCOPES
 from basinlab.models.bert import BERT_PRESETS
 from basinlab.optim import build_optimizer
+from basinlab.optim.registry import option_parameters
 
 
 @dataclass
@@ -48,10 +60,23 @@ class DataConfig:
                 "data.num_tasks",
                 f"class_incremental has at most {len(CLASS_PAIRS)} tasks (class pairs)",
             )
-        _require(0 < self.validation_size < 60_000, "data.validation_size", "must be in 1..59999")
+        _require(0 < self.validation_size < NUM_TRAIN, "data.validation_size", f"must be in 1..{NUM_TRAIN - 1}")
         _require(self.probe_size >= 10, "data.probe_size", "must be >= 10")
         if self.max_train_examples is not None:
             _require(self.max_train_examples >= 1, "data.max_train_examples", "must be >= 1 or null")
+        if self.cache_dir is not None:
+            _keyed("data.cache_dir", check_cache_dir, self.cache_dir)
+
+    def check_task_sizes(self, batch_size: int) -> None:
+        """Every task must have a full training batch; the sizes of MNIST's classes are known."""
+        most = min(most_train_examples(self.stream, self.num_tasks, self.validation_size))
+        cap = self.max_train_examples
+        if cap is not None and cap < min(most, batch_size):
+            raise UserError(f"config key 'data.max_train_examples' ({cap}) is below train.batch_size ({batch_size}), "
+                            "so no full batch would train; raise it or lower train.batch_size")
+        _require(most >= batch_size, "data.validation_size",
+                 f"({self.validation_size}) leaves a task at most {most} training image(s), fewer than train.batch_size "
+                 f"({batch_size}), so it would train no batch; lower data.validation_size")
 
 
 @dataclass
@@ -89,8 +114,8 @@ class PruningConfig:
     """Magnitude-pruning evaluation after the last task, and small-weight fractions after each."""
 
     enabled: bool = False  # accuracy after pruning to each keep fraction, at the end of every unit
-    keep_fractions: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01])
-    scope: str = "global"  # global | layer: rank weights across all layers or within each
+    keep_fractions: list[float] = field(default_factory=lambda: list(KEEP_FRACTIONS))
+    scope: str = "global"  # global | layer (basinlab.eval.pruning.SCOPES): rank weights across all layers or within each
     finetune_steps: int = 0  # also: this many masked training steps on the last task before evaluating
     thresholds: list[float] = field(default_factory=lambda: [1e-3, 1e-2])  # |w| below these, after each task
 
@@ -100,7 +125,7 @@ class PruningConfig:
             "pruning.keep_fractions",
             "must be a non-empty list of fractions in (0, 1]",
         )
-        _require(self.scope in ("global", "layer"), "pruning.scope", "must be global or layer")
+        _require(self.scope in SCOPES, "pruning.scope", f"must be one of {', '.join(SCOPES)}")
         _require(self.finetune_steps >= 0, "pruning.finetune_steps", "must be >= 0")
         _require(all(t > 0 for t in self.thresholds), "pruning.thresholds", "must be positive")
 
@@ -150,9 +175,12 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     arms: list[ArmConfig] = field(default_factory=list)
     log_with: str = "tensorboard"  # tensorboard | none
+    plugins: list[str] = field(default_factory=list)  # modules imported first, for the optimizers they register
 
     def check(self) -> None:
+        _check_label(self.name, "name", "it names the run directory; the default is the config file's name")
         _require(bool(self.seeds), "seeds", "must list at least one seed")
+        _require(all(0 <= s < 2**32 for s in self.seeds), "seeds", f"must be integers in 0..{2**32 - 1}, got {self.seeds}")
         _require(len(set(self.seeds)) == len(self.seeds), "seeds", "must not repeat a seed")
         _require(bool(self.arms), "arms", "must list at least one arm ({name: <optimizer>, ...})")
         labels = [o.label for o in self.arms]
@@ -162,7 +190,14 @@ class ExperimentConfig:
     def to_yaml(self) -> dict[str, Any]:
         raw = dataclasses.asdict(self)
         raw["arms"] = [o.to_yaml() for o in self.arms]
+        if not self.plugins:  # so runs saved before the key existed still resume
+            del raw["plugins"]
         return raw
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickling (a spawned --workers process) imports the plugins, so their optimizers exist there too."""
+        self.__dict__.update(state)
+        import_plugins(self.plugins)
 
 
 @dataclass
@@ -180,6 +215,7 @@ class MnistRunConfig(ExperimentConfig):
         self.model.check()
         self.train.check()
         self.pruning.check()
+        self.data.check_task_sizes(self.train.batch_size)
         for arm in self.arms:
             self.model_for(arm)
 
@@ -206,18 +242,7 @@ class TextDataConfig:
 
     def check(self) -> None:
         _require(len(self.domains) >= 1, "data.domains", "must list at least one domain")
-        names = []
-        for i, entry in enumerate(self.domains):
-            name = entry.get("name") if isinstance(entry, dict) else entry
-            _require(
-                isinstance(name, str) and bool(name),
-                f"data.domains[{i}]",
-                f"must be a built-in domain ({', '.join(TEXT_DOMAINS)}) or a mapping with a name, got {entry!r}",
-            )
-            if isinstance(entry, str):
-                _require(entry in TEXT_DOMAINS, f"data.domains[{i}]", f"{entry!r} is not one of {', '.join(TEXT_DOMAINS)}; "
-                         "describe other domains as {name: ..., local_files: [...]} or {name: ..., hf_dataset: ...}")
-            names.append(name)
+        names = [_keyed(f"data.domains[{i}]", check_domain_spec, entry) for i, entry in enumerate(self.domains)]
         _require(len(set(names)) == len(names), "data.domains", f"names must be unique, got {names}")
         _require(self.max_length >= 8, "data.max_length", "must be >= 8")
         _require(self.vocab_size >= 1000, "data.vocab_size", "must be >= 1000")
@@ -229,9 +254,13 @@ class TextDataConfig:
             "data.probe_sequences",
             "must be >= 2 and at most data.eval_sequences (the probes are the first evaluation sequences)",
         )
+        if self.tokenizer is not None:
+            _keyed("data.tokenizer", check_tokenizer_dir, self.tokenizer)
+        if self.cache_dir is not None:
+            _keyed("data.cache_dir", check_cache_dir, self.cache_dir)
 
     def domain_names(self) -> list[str]:
-        return [entry["name"] if isinstance(entry, dict) else entry for entry in self.domains]
+        return [domain_name(entry) for entry in self.domains]
 
 
 @dataclass
@@ -240,7 +269,29 @@ class BertModelConfig:
     config_overrides: dict[str, Any] = field(default_factory=dict)  # further BertConfig fields
 
     def check(self) -> None:
+        from transformers import BertConfig, PretrainedConfig
+
         _require(self.preset in BERT_PRESETS, "model.preset", f"must be one of {', '.join(BERT_PRESETS)}")
+        defaults, common = BertConfig().to_dict(), PretrainedConfig().to_dict()
+        bert_fields = [k for k in defaults if k not in common and k not in _SET_BY_RECIPE]  # what a message lists
+        for name, value in self.config_overrides.items():
+            key = f"model.config_overrides.{name}"
+            _require(name not in _SET_BY_RECIPE, key, f"is set by the recipe (from {_SET_BY_RECIPE.get(name)}); drop it")
+            _require(name in defaults, key, f"is not a BertConfig field; valid ones include {', '.join(bert_fields)}")
+            _check_like_default(value, defaults[name], key, integer=isinstance(defaults[name], int))
+        self._check_sizes()
+
+    def _check_sizes(self) -> None:
+        """The preset's sizes with the overrides applied must build: positive, heads dividing the width."""
+        overridden = {k: v for k, v in self.config_overrides.items() if k in _PRESET_FIELDS}
+        sizes = {**dict(zip(_PRESET_FIELDS, BERT_PRESETS[self.preset])), **overridden}
+        for name, size in sizes.items():
+            _require(size >= 1, f"model.config_overrides.{name}", f"must be >= 1, got {size}")
+        _require(
+            sizes["hidden_size"] % sizes["num_attention_heads"] == 0,
+            "model.config_overrides",
+            f"give a hidden_size ({sizes['hidden_size']}) that is a multiple of num_attention_heads ({sizes['num_attention_heads']})",
+        )
 
 
 @dataclass
@@ -322,6 +373,9 @@ class TextRunConfig(ExperimentConfig):
             )
 
 
+_PRESET_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")  # BERT_PRESETS order
+_SET_BY_RECIPE = {"vocab_size": "the tokenizer", "max_position_embeddings": "data.max_length", "pad_token_id": "the tokenizer"}
+
 RECIPES: dict[str, tuple[type, dict[str, type]]] = {
     "mnist": (MnistRunConfig, {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "pruning": PruningConfig}),
     "text": (TextRunConfig, {"data": TextDataConfig, "model": BertModelConfig, "train": TextTrainConfig}),
@@ -333,7 +387,80 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise UserError(f"config key '{key}' {message}")
 
 
+def _keyed(key: str, check: typing.Callable[..., Any], *args: Any) -> Any:
+    """Run a data-layer check; its UserError is prefixed with the config key that supplied the value."""
+    try:
+        return check(*args)
+    except UserError as err:
+        raise UserError(f"config key '{key}': {err}") from None
+
+
+def _one_line(err: BaseException) -> str:
+    """An exception as one line (its first), for messages the CLI prints on one line."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def _check_label(value: Any, key: str, why: str) -> None:
+    """Labels and the run name become folder names: no '/', no leading '.', nothing a shell would mangle."""
+    if not isinstance(value, str) or not _LABEL.match(value):
+        raise UserError(f"config key '{key}' must be letters, digits and '_.+-', starting with a letter or digit ({why}), got {value!r}")
+
+
+def _check_finite(value: Any, key: str) -> None:
+    """No NaN or infinity anywhere in the raw config (they pass every range check)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"config key '{key}' must be a finite number, got {value}")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _check_finite(item, f"{key}.{name}" if key else str(name))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{key}[{i}]")
+
+
+def import_plugins(modules: list[str]) -> None:
+    """Import each plug-in module, so the optimizers it registers exist before the arms are checked."""
+    for i, module in enumerate(modules):
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # a plug-in's own import may fail in any way
+            raise UserError(
+                f"config key 'plugins[{i}]': cannot import {module!r}: {_one_line(err)}; "
+                "is it installed (pip install -e ...) or on PYTHONPATH?"
+            ) from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _expectation(default: Any, integer: bool) -> tuple[typing.Callable[[Any], bool], str] | None:
+    """What a value must be to stand in for ``default``, and how to say so (None: anything goes)."""
+    if isinstance(default, bool):
+        return (lambda v: isinstance(v, bool)), "a boolean"
+    if _is_number(default):
+        return ((lambda v: _is_number(v) and isinstance(v, int)), "an integer") if integer else (_is_number, "a number")
+    if isinstance(default, str):
+        return (lambda v: isinstance(v, str)), "a string"
+    if isinstance(default, (tuple, list)) and all(map(_is_number, default)):
+        n = len(default)
+        return (lambda v: isinstance(v, (tuple, list)) and len(v) == n and all(map(_is_number, v))), f"a list of {n} numbers"
+    return None
+
+
+def _check_like_default(value: Any, default: Any, key: str, integer: bool = False) -> None:
+    """``value`` must have the kind of ``default`` (a number for a number, a list of as many numbers
+    for a tuple); an option whose default is None takes anything."""
+    expected = _expectation(default, integer)
+    if expected is not None and not expected[0](value):
+        raise UserError(
+            f"config key '{key}' must be {expected[1]} like {json.dumps(default)} (the default), "
+            f"got {type(value).__name__} {value!r}"
+        )
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -383,11 +510,24 @@ def _named_options(raw: Any, key: str) -> tuple[str, dict[str, Any]]:
     return options.pop("name"), options
 
 
+def _check_option_types(name: str, options: dict[str, Any], key: str, label: str) -> None:
+    """Each option against its constructor default (annotated Any or defaulting to None: anything)."""
+    try:
+        parameters = option_parameters(name)
+    except ValueError as err:
+        raise UserError(f"config key '{key}' ({label}): {_one_line(err)}") from None
+    for option, value in options.items():
+        parameter = parameters.get(option)  # an unknown option fails in the construction below
+        if parameter is not None and parameter.annotation not in (Any, "Any"):
+            _check_like_default(value, parameter.default, f"{key}.{option}", integer=parameter.annotation in (int, "int"))
+
+
 def _checked_spec(name: str, options: dict[str, Any], key: str, label: str) -> OptimizerSpec:
+    _check_option_types(name, options, key, label)
     try:  # constructing over a throwaway model runs the optimizer's own value checks
         build_optimizer(name, torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)), **options)
-    except (ValueError, TypeError) as err:
-        raise UserError(f"config key '{key}' ({label}): {err}") from None
+    except Exception as err:  # a plug-in optimizer may raise anything; the user sees one line
+        raise UserError(f"config key '{key}' ({label}): {_one_line(err)}") from None
     return OptimizerSpec(name=name.lower(), options=options)
 
 
@@ -395,8 +535,7 @@ def _optimizer(raw: Any, index: int) -> ArmConfig:
     key = f"arms[{index}]"
     name, options = _named_options(raw, key)
     label = options.pop("label", name)
-    if not isinstance(label, str) or not _LABEL.match(label):
-        raise UserError(f"config key '{key}.label' must be letters, digits, '_.+-', got {label!r}")
+    _check_label(label, f"{key}.label", "it names the arm's units and plots")
     model = options.pop("model", {})
     if not isinstance(model, dict):
         raise UserError(f"config key '{key}.model' must be a mapping of model overrides, e.g. {{powerprop_alpha: 2}}")
@@ -421,8 +560,8 @@ def _optimizer(raw: Any, index: int) -> ArmConfig:
 
 def config_from_dict(raw: Any) -> ExperimentConfig:
     """Build and check a run config from plain YAML data; its ``recipe`` key picks the schema."""
-    if not isinstance(raw, dict):
-        raise UserError("a run config must be a YAML mapping with keys such as name, seeds, data, arms")
+    _require_mapping(raw)
+    _check_finite(raw, "")
     recipe = raw.get("recipe", "mnist")
     if recipe not in RECIPES:
         raise UserError(f"config key 'recipe' must be one of {', '.join(RECIPES)}, got {recipe!r}")
@@ -434,6 +573,7 @@ def config_from_dict(raw: Any) -> ExperimentConfig:
         raise UserError(
             f"unknown config key '{unknown[0]}'; valid top-level keys of a {recipe} run: {', '.join(sorted(fields))}"
         )
+    import_plugins(_coerce(raw.get("plugins", []), hints["plugins"], "plugins"))
     values: dict[str, Any] = {}
     for key, value in raw.items():
         if key in sections:
@@ -451,54 +591,72 @@ def config_from_dict(raw: Any) -> ExperimentConfig:
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise UserError(f"--set expects key=value (e.g. --set train.max_epochs=3), got {text!r}")
+    path = [token.strip() for token in key.split(".")]
+    if not sep or not all(path):
+        raise UserError(f"--set expects key=value with a dotted key (e.g. --set train.max_epochs=3), got {text!r}")
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         raise UserError(f"--set {key}: value {value!r} is not valid YAML") from None
-    return key.strip().split("."), parsed
+    return path, parsed
 
 
-def _list_entry(entries: list, token: str, key: str) -> dict:
+def _entry(entries: list, token: str, key: str, at: str) -> int:
+    """The position of a list entry named by index, or (``arms``) by label or optimizer name."""
     if token.isdigit() and int(token) < len(entries):
-        return entries[int(token)]
-    for entry in entries:
+        return int(token)
+    for i, entry in enumerate(entries):
         if isinstance(entry, dict) and token in (entry.get("label"), entry.get("name")):
-            return entry
-    raise UserError(f"--set {key}: no optimizer with index or label {token!r}")
+            return i
+    raise UserError(f"--set {key}: '{at}' has no entry with index or label {token!r}")
+
+
+def _slot(node: Any, token: str, key: str, at: str) -> Any:
+    """Where ``token`` lives in ``node`` (the value at ``at``): a mapping's key or a list entry's position."""
+    if isinstance(node, dict):
+        return token
+    if isinstance(node, list):
+        return _entry(node, token, key, at)
+    raise UserError(f"--set {key}: '{at}' is {type(node).__name__} {node!r}, not a section; set '{at}' itself")
 
 
 def apply_override(raw: dict, text: str) -> None:
-    """Apply one ``key=value`` override to raw config data in place."""
+    """Apply one ``key=value`` override to raw config data in place: sections along the key are
+    created as needed, but a key never descends into a value, nor replaces a section with one."""
     path, value = _parse_override(text)
     key = ".".join(path)
     node: Any = raw
-    for token in path[:-1]:
-        if isinstance(node, list):
-            node = _list_entry(node, token, key)
-        elif isinstance(node, dict):
-            node = node.setdefault(token, {})
-        else:
-            raise UserError(f"--set {key}: '{token}' is not a section")
-    if isinstance(node, list):
-        raise UserError(f"--set {key}: name an option of one optimizer, e.g. arms.sgd.lr=0.1")
-    node[path[-1]] = value
+    for depth, token in enumerate(path[:-1]):
+        slot = _slot(node, token, key, ".".join(path[:depth]))
+        if isinstance(node, dict) and node.get(slot) is None:
+            node[slot] = {}
+        node = node[slot]
+    slot = _slot(node, path[-1], key, ".".join(path[:-1]))
+    current = node[slot] if isinstance(node, list) else node.get(slot)
+    if isinstance(current, dict) and not isinstance(value, dict):
+        raise UserError(f"--set {key}: '{key}' is a section; set one of its keys, e.g. --set {key}.<key>=VALUE")
+    node[slot] = value
+
+
+def _require_mapping(raw: Any) -> None:
+    if not isinstance(raw, dict):
+        raise UserError("a run config must be a YAML mapping with keys such as name, seeds, data, arms")
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
     """Read a YAML run config, apply ``--set`` overrides, and check it."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file {str(path)!r} does not exist; pass a YAML such as configs/mnist/demo.yaml")
+    text, _ = read_utf8(path, "config file", "pass a YAML file such as configs/mnist/demo.yaml")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"config file {str(path)!r} is not valid YAML{where}; fix the syntax") from None
-    if isinstance(raw, dict):
-        raw.setdefault("name", path.stem)
-    for text in overrides:
-        apply_override(raw, text)
+    if raw is None:
+        raise UserError(f"config file {str(path)!r} is empty; a run config needs at least arms: [{{name: sgd, lr: 0.1}}]")
+    _require_mapping(raw)
+    raw.setdefault("name", path.stem)
+    for override in overrides:
+        apply_override(raw, override)
     return config_from_dict(raw)

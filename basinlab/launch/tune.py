@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,20 @@ def derive_config(config: MnistRunConfig, grids: dict[str, list[int | float]], k
         raise UserError(f"--grid with --key {key}: a tune arm is invalid: {err}") from None
 
 
+def check_write_path(write: str | Path | None) -> None:
+    """``--write`` must name a file that can be written, checked before the grid trains for minutes."""
+    if write is None:
+        return
+    path = Path(write)
+    folder = path.parent
+    if path.is_dir():
+        raise UserError(f"--write {str(write)!r} is a directory; name a YAML file")
+    if not folder.is_dir():
+        raise UserError(f"--write {str(write)!r}: folder {str(folder)!r} does not exist; create it or name a file elsewhere")
+    if not os.access(folder, os.W_OK | os.X_OK):  # the file is written to a temporary sibling, then renamed
+        raise UserError(f"--write {str(write)!r}: folder {str(folder)!r} is not writable; name a file in a folder you can write to")
+
+
 def tune(
     config_path: str | Path,
     grids: list[str],
@@ -120,6 +135,7 @@ def tune(
     workers: int = 1,
 ) -> dict[str, Any] | None:
     """Run the grid and choose per arm; returns what tune.json holds (None on non-main processes)."""
+    check_write_path(write)
     config = load_config(config_path, overrides)
     if config.recipe != "mnist":
         raise UserError(
@@ -129,8 +145,6 @@ def tune(
     parsed = dict(parse_grid(text) for text in grids)
     if len(parsed) != len(grids):
         raise UserError("--grid names an arm twice; give each arm one --grid with all its values")
-    if write is not None and Path(write).is_dir():
-        raise UserError(f"--write {str(write)!r} is a directory; name a YAML file")
     derived, plan = derive_config(config, parsed, key)
     output = Path(output) if output is not None else Path("runs") / derived.name
     run = RunDirectory(run_experiment(derived, output, resume=resume, workers=workers))
