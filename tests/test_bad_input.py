@@ -152,6 +152,13 @@ def test_building_a_task_with_no_validation_images_is_a_user_error(mnist_arrays)
         build_tasks("class_incremental", mnist_arrays, 5, seed=0, validation_size=1)
 
 
+def test_a_task_split_that_fails_for_a_seed_stops_before_the_run_directory(tiny_config, tmp_path, capsys):
+    config = tiny_config(data={"stream": "class_incremental", "num_tasks": 2, "validation_size": 1})
+    output = tmp_path / "run"
+    assert main(["run", str(config), "--output", str(output)]) == 2
+    assert "0 validation images" in capsys.readouterr().err and not output.exists()
+
+
 # ------------------------------------------------------------------ 4. text sources, tokenizer, cache
 
 

@@ -574,9 +574,6 @@ def test_documented_commands_load():
 
 
 REFERENCES = [b for b in blocks_of(ROOT / "docs/recipes.md") if b.lang == "yaml"]
-PLUGINS_PENDING = pytest.mark.xfail(reason="lands with the `plugins:` config key and the basinlab.optimizers "
-                                    "entry-point group", strict=False)
-
 
 def test_reference_configs_load(tmp_path):
     """The two config references of docs/recipes.md are valid configs (the `plugins:` line apart:
@@ -590,7 +587,6 @@ def test_reference_configs_load(tmp_path):
         assert load_config(path, []).arms
 
 
-@PLUGINS_PENDING
 def test_reference_config_plugins_key_loads(tmp_path):
     from basinlab.launch.config import load_config
 
@@ -640,7 +636,6 @@ def _plugin_config(tmp_path: Path, cache_dir: Path) -> Path:
 
 
 @pytest.mark.slow
-@PLUGINS_PENDING
 def test_plugin_module_registers_an_optimizer_for_a_config(doc_dir, mnist_cache_dir, monkeypatch):
     """docs/optimizers.md: the plugin module, the config naming it and `PYTHONPATH=. basinlab run`."""
     from basinlab.launch.cli import main
@@ -656,7 +651,6 @@ def test_plugin_module_registers_an_optimizer_for_a_config(doc_dir, mnist_cache_
     assert summary["arms"]["signsgd"]["name"] == "signsgd"
 
 
-@PLUGINS_PENDING
 def test_entry_point_plugins_register_before_the_arms_are_checked(tmp_path, monkeypatch):
     """docs/optimizers.md: an installed package registers through the `basinlab.optimizers` group."""
     import importlib.metadata

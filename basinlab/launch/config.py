@@ -35,6 +35,7 @@ from basinlab.data.streams import CLASS_PAIRS, NUM_TRAIN, STREAMS, most_train_ex
 from basinlab.data.text import TEXT_DOMAINS, check_domain_spec, domain_name, read_utf8
 from basinlab.data.tokenizer import check_tokenizer_dir
 from basinlab.errors import UserError
+from basinlab.launch.recipes import config_class
 from basinlab.eval.pruning import KEEP_FRACTIONS, SCOPES
 from basinlab.models.bert import BERT_PRESETS
 from basinlab.optim import build_optimizer
@@ -376,12 +377,6 @@ class TextRunConfig(ExperimentConfig):
 _PRESET_FIELDS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")  # BERT_PRESETS order
 _SET_BY_RECIPE = {"vocab_size": "the tokenizer", "max_position_embeddings": "data.max_length", "pad_token_id": "the tokenizer"}
 
-RECIPES: dict[str, tuple[type, dict[str, type]]] = {
-    "mnist": (MnistRunConfig, {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "pruning": PruningConfig}),
-    "text": (TextRunConfig, {"data": TextDataConfig, "model": BertModelConfig, "train": TextTrainConfig}),
-}
-
-
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise UserError(f"config key '{key}' {message}")
@@ -563,10 +558,9 @@ def config_from_dict(raw: Any) -> ExperimentConfig:
     _require_mapping(raw)
     _check_finite(raw, "")
     recipe = raw.get("recipe", "mnist")
-    if recipe not in RECIPES:
-        raise UserError(f"config key 'recipe' must be one of {', '.join(RECIPES)}, got {recipe!r}")
-    cls, sections = RECIPES[recipe]
+    cls = config_class(recipe)  # the recipe table (basinlab.launch.recipes)
     hints = typing.get_type_hints(cls)
+    sections = {name: hint for name, hint in hints.items() if dataclasses.is_dataclass(hint)}
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - fields)
     if unknown:

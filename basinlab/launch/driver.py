@@ -76,7 +76,8 @@ class Recipe(Protocol):
     def __init__(self, config: ExperimentConfig): ...
 
     def prepare(self) -> None:
-        """Load the data on every rank (the main process first: it builds caches)."""
+        """Load and check the data on every rank (the main process first: it builds caches),
+        before the run directory is written."""
 
     def hparams(self, arm: ArmConfig, seed: int) -> dict[str, Any]:
         """Flat scalar hyperparameters of a unit for TensorBoard's hparams view."""
@@ -195,10 +196,10 @@ def run_experiment(
     run = RunDirectory(output)
     resolved = config.to_yaml()
     run.check(resolved, resume)
+    recipe.prepare()  # data problems surface here, before anything is written
     ranks.barrier()  # every rank has checked before the main one writes
     ranks.on_main_process(lambda: run.open(resolved, recipe.result_type))
     ranks.barrier()
-    recipe.prepare()
     finished = run.finished_units()
     total = len(config.seeds) * len(arms)
     done = sum(unit_id(arm.label, seed) in finished for arm in arms for seed in config.seeds)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from basinlab import ranks
 from basinlab.data.mnist import load_mnist
-from basinlab.data.streams import TaskStream, build_tasks
+from basinlab.data.streams import Task, TaskStream, build_tasks
 from basinlab.errors import UserError
 from basinlab.eval.plots import write_plots
 from basinlab.eval.report import render_report
@@ -79,13 +79,15 @@ class MnistRecipe:
     def prepare(self) -> None:
         with ranks.main_process_first():
             self.arrays = load_mnist(self.config.data.cache_dir)
+        for seed in self.config.seeds:  # each seed's task split is checked (build_tasks) before training
+            self.task_list(seed)
 
     def hparams(self, arm: ArmConfig, seed: int) -> dict[str, Any]:
         return tracker_config(self.config, arm, seed)
 
-    def tasks(self, seed: int) -> TaskStream:
+    def task_list(self, seed: int) -> list[Task]:
         data = self.config.data
-        tasks = build_tasks(
+        return build_tasks(
             data.stream,
             self.arrays,
             data.num_tasks,
@@ -95,12 +97,12 @@ class MnistRecipe:
             probe_size=data.probe_size,
             max_train_examples=data.max_train_examples,
         )
-        return TaskStream(self.arrays, tasks, self.accelerator.device)
 
     def train(
         self, arm: ArmConfig, seeds: list[int], logs: list[UnitLog], run: RunDirectory, progress: tqdm
     ) -> list[MnistUnitResult]:
-        members = [Member(seed, self.tasks(seed), log) for seed, log in zip(seeds, logs)]
+        streams = [TaskStream(self.arrays, self.task_list(seed), self.accelerator.device) for seed in seeds]
+        members = [Member(seed, stream, log) for seed, stream, log in zip(seeds, streams, logs)]
         results = ArmTrainer(self.accelerator, self.config, arm, members, progress).train()
         self.accelerator.free_memory()
         return results

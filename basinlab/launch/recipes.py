@@ -25,7 +25,7 @@ def _load(path: str) -> Any:
 
 
 def _entry(recipe: str) -> tuple[str, str]:
-    if recipe not in RECIPES:
+    if not isinstance(recipe, str) or recipe not in RECIPES:
         raise UserError(f"config key 'recipe' must be one of {', '.join(RECIPES)}, got {recipe!r}")
     return RECIPES[recipe]
 
