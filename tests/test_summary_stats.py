@@ -6,10 +6,10 @@ import math
 import pytest
 
 from basinlab.errors import UserError
-from basinlab.eval.report import render_report
+from basinlab.eval.report import render_mnist_report
 from basinlab.eval.results import InvalidUnitFile, MnistUnitResult
 from basinlab.eval.stats import mean_ci, paired_differences, t_cdf, t_quantile
-from basinlab.eval.summary import build_summary
+from basinlab.eval.summary import build_mnist_summary
 from basinlab.launch.config import config_from_dict
 
 
@@ -114,7 +114,7 @@ def summary():
         # shampoo's seed 1 diverged
         *[_unit("shampoo", s, acc, reached_at=100) for s, acc in [(0, 0.9), (1, math.nan), (2, 0.9)]],
     ]
-    return build_summary(_config(["sgd", "adamw", "shampoo"]), units)
+    return build_mnist_summary(_config(["sgd", "adamw", "shampoo"]), units)
 
 
 def test_summary_headline_stats_carry_intervals(summary):
@@ -168,7 +168,7 @@ def test_unit_files_are_checked_when_read(tmp_path):
 
 
 def test_report_shows_intervals_paired_differences_and_the_card(summary):
-    report = render_report(summary, [])
+    report = render_mnist_report(summary, [])
     assert "## Comparison (mean ± 95 % CI half-width over seeds)" in report
     half_width = 4.3026527 * 0.1 / math.sqrt(3)
     assert f"| sgd | 3 | 0.600 ± {half_width:.3f} |" in report

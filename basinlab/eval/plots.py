@@ -137,7 +137,7 @@ PLOTS = {
 }
 
 
-def write_plots(summary: dict[str, Any], folder: Path) -> list[Path]:
+def write_mnist_plots(summary: dict[str, Any], folder: Path) -> list[Path]:
     """Draw every figure of ``summary`` into ``folder``; returns the paths."""
     if not summary["aggregate"]:
         return []

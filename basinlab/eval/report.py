@@ -4,16 +4,35 @@ from __future__ import annotations
 
 from typing import Any
 
-COLUMNS = [
-    ("acc", "ACC ↑", 3),
-    ("bwt", "BWT ↑", 3),
-    ("fwt", "FWT ↑", 3),
-    ("forgetting", "Forgetting ↓", 3),
-    ("final_effective_rank", "eff. rank", 1),
-    ("final_cross_class_cosine_mean", "cross-class cos", 3),
-    ("final_first_task_cka", "task-1 CKA", 3),
-    ("total_epochs", "epochs", 1),
-]
+from basinlab.eval.results import MnistUnitResult, TextUnitResult, UnitResult
+
+# How each metric is shown: summary key -> (column title, digits). The comparison tables show a
+# recipe's headline metrics (its result class's HEADLINE) in that order.
+TITLES = {
+    "acc": ("ACC ↑", 3),
+    "bwt": ("BWT ↑", 3),
+    "fwt": ("FWT ↑", 3),
+    "forgetting": ("Forgetting ↓", 3),
+    "final_effective_rank": ("eff. rank", 1),
+    "final_cross_class_cosine_mean": ("cross-class cos", 3),
+    "final_first_task_cka": ("task-1 CKA", 3),
+    "total_epochs": ("epochs", 1),
+    "final_loss": ("final loss ↓", 3),
+    "bwt_loss": ("BWT (loss) ↓", 3),
+    "fwt_loss": ("FWT (loss) ↓", 3),
+    "forgetting_loss": ("forgetting ↓", 3),
+    "final_cross_domain_cosine": ("cross-domain cos", 3),
+    "final_retained_cka": ("retained CKA", 3),
+    "mean_tokens_per_second": ("tokens/s", 0),
+}
+
+
+def headline_columns(result_type: type[UnitResult]) -> list[tuple[str, str, int]]:
+    return [(name, *TITLES[name]) for name in result_type.HEADLINE]
+
+
+MNIST_COLUMNS = headline_columns(MnistUnitResult)
+TEXT_COLUMNS = headline_columns(TextUnitResult)
 
 
 PROPERTY_CARD_COLUMNS = [
@@ -65,13 +84,13 @@ def stat_table(first: str, rows: list[tuple[str, int, dict]], columns: list[tupl
     return "\n".join([header, rule, *lines])
 
 
-def comparison_table(summary: dict[str, Any], columns: list[tuple[str, str, int]] = COLUMNS) -> str:
+def comparison_table(summary: dict[str, Any], columns: list[tuple[str, str, int]] = MNIST_COLUMNS) -> str:
     """One row per arm, mean ± 95 % CI half-width over seeds of each (key, title, digits) column."""
     rows = [(label, len(agg["seeds"]), agg) for label, agg in summary["aggregate"].items()]
     return stat_table("arm", rows, columns)
 
 
-def paired_table(summary: dict[str, Any], columns: list[tuple[str, str, int]] = COLUMNS) -> str:
+def paired_table(summary: dict[str, Any], columns: list[tuple[str, str, int]] = MNIST_COLUMNS) -> str:
     """One row per pair of arms: same-seed differences a − b of the comparison table's metrics."""
     rows = [(f"{d['a']} − {d['b']}", len(d["seeds"]), d) for d in summary["paired_differences"]]
     return stat_table("a − b", rows, columns, cell=_difference_cell)
@@ -152,7 +171,7 @@ def pruning_table(summary: dict[str, Any]) -> str:
     return "\n".join([header, rule, *rows])
 
 
-def render_report(summary: dict[str, Any], plots: list[str]) -> str:
+def render_mnist_report(summary: dict[str, Any], plots: list[str]) -> str:
     lines = [
         f"# {summary['name']}: {summary['stream'].replace('_', '-')} MNIST, {summary['num_tasks']} tasks",
         "",
@@ -192,18 +211,6 @@ def render_report(summary: dict[str, Any], plots: list[str]) -> str:
         *_figures_and_definitions(summary, plots),
     ]
     return "\n".join(lines)
-
-
-TEXT_COLUMNS = [
-    ("final_loss", "final loss ↓", 3),
-    ("bwt_loss", "BWT (loss) ↓", 3),
-    ("fwt_loss", "FWT (loss) ↓", 3),
-    ("forgetting_loss", "forgetting ↓", 3),
-    ("final_effective_rank", "eff. rank", 1),
-    ("final_cross_domain_cosine", "cross-domain cos", 3),
-    ("final_retained_cka", "retained CKA", 3),
-    ("mean_tokens_per_second", "tokens/s", 0),
-]
 
 
 def loss_matrix_tables(summary: dict[str, Any]) -> list[str]:

@@ -66,7 +66,7 @@ def headline_stats(group: list[UnitResult]) -> dict[str, Any]:
     return {"seeds": [u.seed for u in group], **{name: mean_ci([h[name] for h in headlines]) for name in group[0].HEADLINE}}
 
 
-def build_summary(config: dict[str, Any], units: list[MnistUnitResult]) -> dict[str, Any]:
+def build_mnist_summary(config: dict[str, Any], units: list[MnistUnitResult]) -> dict[str, Any]:
     """The summary of a run from its resolved config and its finished unit results."""
     by_arm = units_by_arm(config, units)
     aggregate = {}

@@ -43,7 +43,7 @@ from basinlab.optim.registry import option_parameters
 
 
 @dataclass
-class DataConfig:
+class MnistDataConfig:
     stream: str = "permuted"  # permuted | class_incremental
     num_tasks: int = 5
     first_task_unpermuted: bool = True  # permuted only: task 1 is plain MNIST
@@ -81,7 +81,7 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class MnistModelConfig:
     hidden_sizes: list[int] = field(default_factory=lambda: [100])
     powerprop_alpha: Optional[float] = None  # Powerpropagation layers w = v|v|^(alpha-1); null = plain
 
@@ -96,7 +96,7 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class MnistTrainConfig:
     batch_size: int = 128
     max_epochs: int = 5  # per task
     patience: int = 1  # stop a task after this many epochs without a new best val accuracy
@@ -205,9 +205,9 @@ class ExperimentConfig:
 class MnistRunConfig(ExperimentConfig):
     """The sequential-MNIST recipe (basinlab.launch.mnist_recipe)."""
 
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    data: MnistDataConfig = field(default_factory=MnistDataConfig)
+    model: MnistModelConfig = field(default_factory=MnistModelConfig)
+    train: MnistTrainConfig = field(default_factory=MnistTrainConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
 
     def check(self) -> None:
@@ -220,10 +220,10 @@ class MnistRunConfig(ExperimentConfig):
         for arm in self.arms:
             self.model_for(arm)
 
-    def model_for(self, arm: ArmConfig) -> ModelConfig:
+    def model_for(self, arm: ArmConfig) -> MnistModelConfig:
         """The run's model section with ``arm``'s overrides applied (checked)."""
         prefix = f"arms.{arm.label}.model"
-        model = _section(ModelConfig, {**dataclasses.asdict(self.model), **arm.model}, prefix)
+        model = _section(MnistModelConfig, {**dataclasses.asdict(self.model), **arm.model}, prefix)
         model.check(prefix)
         return model
 
@@ -265,7 +265,7 @@ class TextDataConfig:
 
 
 @dataclass
-class BertModelConfig:
+class TextModelConfig:
     preset: str = "tiny"  # tiny | mini | small | base (basinlab.models.BERT_PRESETS)
     config_overrides: dict[str, Any] = field(default_factory=dict)  # further BertConfig fields
 
@@ -358,7 +358,7 @@ class TextRunConfig(ExperimentConfig):
 
     recipe: str = "text"
     data: TextDataConfig = field(default_factory=TextDataConfig)
-    model: BertModelConfig = field(default_factory=BertModelConfig)
+    model: TextModelConfig = field(default_factory=TextModelConfig)
     train: TextTrainConfig = field(default_factory=TextTrainConfig)
 
     def check(self) -> None:

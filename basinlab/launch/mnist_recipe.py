@@ -20,10 +20,10 @@ from basinlab import ranks
 from basinlab.data.mnist import load_mnist
 from basinlab.data.streams import Task, TaskStream, build_tasks
 from basinlab.errors import UserError
-from basinlab.eval.plots import write_plots
-from basinlab.eval.report import render_report
+from basinlab.eval.plots import write_mnist_plots
+from basinlab.eval.report import render_mnist_report
 from basinlab.eval.results import MnistUnitResult
-from basinlab.eval.summary import build_summary
+from basinlab.eval.summary import build_mnist_summary
 from basinlab.launch.config import ArmConfig, MnistRunConfig
 from basinlab.launch.driver import UnitLog
 from basinlab.launch.mnist_trainer import ArmTrainer, Member
@@ -67,9 +67,9 @@ class MnistRecipe:
     result_type: ClassVar[type[MnistUnitResult]] = MnistUnitResult
     trains_seed_groups: ClassVar[bool] = True
     supports_workers: ClassVar[bool] = True
-    summarize = staticmethod(build_summary)
-    plots = staticmethod(write_plots)
-    render = staticmethod(render_report)
+    summarize = staticmethod(build_mnist_summary)
+    plots = staticmethod(write_mnist_plots)
+    render = staticmethod(render_mnist_report)
 
     def __init__(self, config: MnistRunConfig):
         self.config = config
