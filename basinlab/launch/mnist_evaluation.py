@@ -17,7 +17,7 @@ from basinlab.eval.representation import (
     linear_cka,
     mean_off_diagonal,
 )
-from basinlab.launch.config import MnistRunConfig
+from basinlab.launch.mnist_config import MnistRunConfig
 from basinlab.models import MLP, effective_weights
 
 

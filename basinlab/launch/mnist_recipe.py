@@ -24,7 +24,8 @@ from basinlab.eval.plots import write_mnist_plots
 from basinlab.eval.report import render_mnist_report
 from basinlab.eval.results import MnistUnitResult
 from basinlab.eval.summary import build_mnist_summary
-from basinlab.launch.config import ArmConfig, MnistRunConfig
+from basinlab.launch.config import ArmConfig
+from basinlab.launch.mnist_config import MnistRunConfig
 from basinlab.launch.driver import UnitLog
 from basinlab.launch.mnist_trainer import ArmTrainer, Member
 from basinlab.launch.rundir import RunDirectory

@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from basinlab.data.streams import NUM_CLASSES, NUM_PIXELS, TaskStream, stacked_train_batches
 from basinlab.eval.pruning import fraction_below, magnitude_masks, pruning_curve
 from basinlab.eval.results import MnistUnitResult
-from basinlab.launch.config import ArmConfig, MnistRunConfig
+from basinlab.launch.config import ArmConfig
+from basinlab.launch.mnist_config import MnistRunConfig
 from basinlab.launch.driver import UnitLog
 from basinlab.launch.mnist_evaluation import UnitHistory, accuracy
 from basinlab.models import MLP, effective_weights

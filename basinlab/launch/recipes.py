@@ -14,8 +14,8 @@ from typing import Any
 from basinlab.errors import UserError
 
 RECIPES: dict[str, tuple[str, str]] = {
-    "mnist": ("basinlab.launch.config:MnistRunConfig", "basinlab.launch.mnist_recipe:MnistRecipe"),
-    "text": ("basinlab.launch.config:TextRunConfig", "basinlab.launch.text_recipe:TextRecipe"),
+    "mnist": ("basinlab.launch.mnist_config:MnistRunConfig", "basinlab.launch.mnist_recipe:MnistRecipe"),
+    "text": ("basinlab.launch.text_config:TextRunConfig", "basinlab.launch.text_recipe:TextRecipe"),
 }
 
 

@@ -49,7 +49,8 @@ from basinlab.eval.plots import write_text_plots
 from basinlab.eval.report import render_text_report
 from basinlab.eval.results import TextUnitResult
 from basinlab.eval.text_summary import build_text_summary
-from basinlab.launch.config import ArmConfig, TextRunConfig
+from basinlab.launch.config import ArmConfig
+from basinlab.launch.text_config import TextRunConfig
 from basinlab.launch.driver import UnitLog
 from basinlab.launch.rundir import PROGRESS, RunDirectory
 from basinlab.models import build_bert_mlm

@@ -22,7 +22,8 @@ import yaml
 from basinlab.atomic import atomic_write_json, atomic_write_text
 from basinlab.errors import UserError
 from basinlab.eval.results import MnistUnitResult
-from basinlab.launch.config import MnistRunConfig, apply_override, config_from_dict, load_config
+from basinlab.launch.config import apply_override, config_from_dict, load_config
+from basinlab.launch.mnist_config import MnistRunConfig
 from basinlab.launch.driver import run_experiment
 from basinlab.launch.rundir import RunDirectory, unit_id
 
