@@ -11,6 +11,7 @@ this base class does the rest, the same way for all of them:
   counts (host, for schedules; device, for bias corrections), skipped-step counters;
 - decoupled weight decay and the in-place update, as foreach ops;
 - distribution over data-parallel ranks (distribution.py) with one all-gather per step;
+- FSDP2 parameters (sharded_params.py): each gradient gathered whole, each rank's rows updated;
 - ``state_dict`` / ``load_state_dict`` that hold and check this rank's buckets.
 
 A step runs in three phases over all groups: statistics, refresh (the subclass may read
@@ -28,6 +29,7 @@ from torch.profiler import record_function
 
 from basinlab.optim.distribution import COMMUNICATION_DTYPES, Distribution, resolve_comm
 from basinlab.optim.layout import Bucket, DiagonalBucket, GroupLayout, diagonal_pairs, group_layout, scatter_pairs
+from basinlab.optim.sharded_params import check_layout, full_gradient, is_sharded, local, local_region
 
 Unit = Bucket | DiagonalBucket
 
@@ -193,7 +195,7 @@ class BucketedOptimizer(torch.optim.Optimizer):
             return None
         device = params[0].device
         state = self._group_state(g, len(params), device)
-        grads = [p.grad for p in params if p.grad is not None]
+        grads = [full_gradient(p.grad) for p in params if p.grad is not None]
         squares = torch.stack(torch._foreach_norm(grads)).float().square()
         finite = squares.isfinite()
         if all(present):
@@ -203,7 +205,8 @@ class BucketedOptimizer(torch.optim.Optimizer):
             where = self._mask(present, device)
             ok = torch.zeros(len(params), dtype=torch.bool, device=device).index_copy_(0, self._indices(present, device), finite)
             state["skipped"].add_(where & ~ok)
-            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            whole = iter(grads)
+            grads = [next(whole) if has else torch.zeros(p.shape, dtype=p.dtype, device=p.device) for p, has in zip(params, present)]
         state["steps"].add_(ok)
         state["host_steps"] = tuple(t + 1 if has else t for t, has in zip(state["host_steps"], present))
         state["step"] = state.get("step", 0) + 1  # steps this group took, as torch optimizers count them
@@ -247,23 +250,39 @@ class BucketedOptimizer(torch.optim.Optimizer):
         return self._masks[key]
 
     def _apply(self, step: GroupStep, units: list[Unit], directions: list[torch.Tensor]) -> None:
-        """p *= 1 - lr * weight_decay (where the gradient was usable), then p -= lr * direction."""
+        """p *= 1 - lr * weight_decay (where the gradient was usable), then p -= lr * direction.
+
+        A sharded parameter's directions are first copied into a whole-size buffer, whose rows of
+        this rank's shard then update the shard: the same operation on every element as unsharded.
+        """
         group, params = step.group, step.group["params"]
         lr, decay = group["lr"], group.get("weight_decay", 0.0)
         if decay:
-            usable = [p for p, has in zip(params, step.present) if has]
+            usable = [local(p) for p, has in zip(params, step.present) if has]
             kept = torch.scalar_tensor(1.0 - lr * decay, dtype=params[0].dtype, device=step.ok.device)  # not float32 for float64
             factors = torch.where(step.ok, kept, 1.0)
             if not all(step.present):
                 factors = factors[self._indices(step.present, factors.device)]
             torch._foreach_mul_(usable, list(factors.unbind()))
-        targets, sources = [], []
+        whole = {i: torch.zeros(p.shape, dtype=p.dtype, device=p.device) for i, p in enumerate(params) if is_sharded(p)}
+        targets = [whole.get(i, p) for i, p in enumerate(params)]
+        updates, sources, copies, copied = [], [], [], []
         for unit, direction in zip(units, directions):
-            pairs = scatter_pairs(unit, params, direction) if isinstance(unit, Bucket) else diagonal_pairs(unit, params, direction)
-            targets += pairs[0]
-            sources += [s.to(t.dtype) for t, s in zip(*pairs)] if direction.dtype != params[0].dtype else pairs[1]
-        if targets:
-            torch._foreach_add_(targets, sources, alpha=-lr)
+            if isinstance(unit, Bucket):
+                owners, pairs = [tile.param for tile in unit.tiles], scatter_pairs(unit, targets, direction)
+            else:
+                owners, pairs = list(unit.params), diagonal_pairs(unit, targets, direction)
+            for i, target, source in zip(owners, *pairs):
+                source = source.to(target.dtype) if direction.dtype != target.dtype else source
+                (copies if i in whole else updates).append(target)
+                (copied if i in whole else sources).append(source)
+        if copies:
+            torch._foreach_copy_(copies, copied)
+            for i, buffer in whole.items():
+                updates.append(local(params[i]))
+                sources.append(buffer[local_region(params[i])])
+        if updates:
+            torch._foreach_add_(updates, sources, alpha=-lr)
 
     # ------------------------------------------------------------------ layout and distribution
 
@@ -276,6 +295,8 @@ class BucketedOptimizer(torch.optim.Optimizer):
         if self._cached_plan is not None and self._cached_plan.signature == signature:
             return self._cached_plan
         self._refuse_flat_partitions(self.param_groups)
+        for group in self.param_groups:
+            check_layout(group["params"], self.name)
         if not self._comm_resolved:
             self._comm = resolve_comm(self._distributed, self._process_group, self._distributed_group_size, self.name)
             self._comm_resolved = True

@@ -1,0 +1,49 @@
+"""FSDP2 (``fully_shard``) with the matrix optimizers: 2 real gloo ranks against one process."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "workers" / "fsdp2_optimizers.py"
+
+
+def _load_worker():
+    spec = importlib.util.spec_from_file_location("fsdp2_worker", WORKER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_fully_sharded_training_equals_one_process_bitwise(tmp_path):
+    worker = _load_worker()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks: BLAS results may depend on the thread count
+    try:
+        reference = {name: worker.train(name, distributed=False) for name in worker.CONFIGS}
+    finally:
+        torch.set_num_threads(threads)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(WORKER), str(tmp_path)],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"results-{r}.pt", weights_only=True) for r in (0, 1)]
+    initial = list(worker.model().parameters())
+    for name, (net, optimizer) in reference.items():
+        expected = [p.detach() for p in net.parameters()]
+        assert any(not torch.equal(e, i) for e, i in zip(expected, initial)), name  # it trained
+        for got in ranks:
+            assert all(torch.equal(a, b) for a, b in zip(got[name]["params"], expected)), name
+            assert got[name]["shards"] == 2
+        # the preconditioner state is split over the ranks, not repeated
+        per_rank = [got[name]["state_numel"] for got in ranks]
+        assert sum(per_rank) == worker.state_numel(optimizer) and max(per_rank) < worker.state_numel(optimizer), name
+    message = ranks[0]["refused"]
+    assert "placed (Shard(dim=1),)" in message and "only FSDP2's dim-0 sharding" in message

@@ -1,0 +1,110 @@
+"""Shampoo, SOAP and Muon on an MLP wrapped with FSDP2 (``fully_shard``), against the same MLP
+unsharded in one process.
+
+The test imports ``train`` for the single-process reference and launches this file with
+``torch.distributed.run --nproc_per_node 2``; every rank gets the same batches, so FSDP2's
+averaged gradients equal the single process's bit for bit, and so must the parameters.
+
+Usage: python -m torch.distributed.run --nproc_per_node 2 fsdp2_optimizers.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from basinlab.optim import SOAP, Muon, Shampoo
+
+STEPS = 6
+# 7 and 13 rows split unevenly over 2 ranks; max_preconditioner_dim 5 blocks the matrices
+CONFIGS = {
+    "shampoo": dict(lr=0.02, momentum=0.5, weight_decay=0.01, max_preconditioner_dim=5, precondition_frequency=2),
+    "soap": dict(lr=0.01, max_preconditioner_dim=5, precondition_frequency=2, weight_decay=0.01),
+    "muon": dict(lr=0.02, weight_decay=0.01, max_preconditioner_dim=6),
+}
+
+
+def model() -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(10, 7), torch.nn.Tanh(), torch.nn.Linear(7, 13), torch.nn.Tanh(), torch.nn.Linear(13, 3)
+    )
+
+
+def build(name: str, net: torch.nn.Module, **options) -> torch.optim.Optimizer:
+    options = {**CONFIGS[name], **options}
+    if name == "muon":
+        matrices = [p for p in net.parameters() if p.dim() == 2]
+        others = [p for p in net.parameters() if p.dim() != 2]
+        return Muon([{"params": matrices, "use_muon": True}, {"params": others, "use_muon": False}], **options)
+    return (SOAP if name == "soap" else Shampoo)(net.parameters(), **options)
+
+
+def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(100 + step)
+    return torch.randn(16, 10, generator=generator), torch.randn(16, 3, generator=generator)
+
+
+def train(name: str, net: torch.nn.Module | None = None, **options) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    net = model() if net is None else net
+    optimizer = build(name, net, **options)
+    for step in range(STEPS):
+        x, y = batch(step)
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(net(x), y).backward()
+        optimizer.step()
+    return net, optimizer
+
+
+def state_numel(optimizer: torch.optim.Optimizer) -> int:
+    """Elements of this rank's per-bucket state (the part distribution shards)."""
+    return sum(v.numel() for k, s in optimizer.state.items() if not str(k).startswith("group.")
+               for v in s.values() if torch.is_tensor(v))
+
+
+def sharded_model() -> torch.nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    net = model()
+    for layer in net:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    return fully_shard(net)
+
+
+def refused_layout() -> str:
+    """A tensor-parallel (dim-1 sharded) parameter must be refused, not preconditioned in pieces."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+    weight = torch.nn.Parameter(distribute_tensor(torch.randn(4, 6), mesh, [Shard(1)]))
+    weight.grad = distribute_tensor(torch.randn(4, 6), mesh, [Shard(1)])
+    try:
+        Shampoo([weight]).step()
+    except ValueError as error:
+        return str(error)
+    return ""
+
+
+def main(out: Path) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    results = {"refused": refused_layout()}
+    for name in CONFIGS:
+        net, optimizer = train(name, sharded_model())
+        results[name] = {
+            "params": [p.full_tensor() for p in net.parameters()],
+            "state_numel": state_numel(optimizer),
+            "shards": optimizer.sharding()["world_size"],
+        }
+    torch.save(results, out / f"results-{dist.get_rank()}.pt")
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
