@@ -27,7 +27,7 @@ def shard_name(rank: int, world_size: int) -> str:
 def save_sharded_state(optimizer: torch.optim.Optimizer, directory: str | Path) -> Path:
     """Write this rank's shard of the optimizer state into ``directory`` (call on every rank)."""
     state_dict = optimizer.state_dict()
-    sharding = state_dict.get("sharding") or {"rank": 0, "world_size": 1}
+    sharding = getattr(optimizer, "sharding", lambda: None)() or {"rank": 0, "world_size": 1}
     path = Path(directory) / shard_name(sharding["rank"], sharding["world_size"])
     return atomic_write(path, lambda f: torch.save(state_dict, f))
 

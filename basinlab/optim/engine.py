@@ -361,17 +361,51 @@ class BucketedOptimizer(torch.optim.Optimizer):
     # ------------------------------------------------------------------ checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """As torch's; distributed, it holds this rank's buckets only and says so under "sharding"."""
+        """As torch's, each unit's state filed under the index of its first parameter (as
+        ``"<unit>:<name>"``), so torch.distributed.checkpoint and the frameworks built on it map it
+        to parameter names like any optimizer's. Distributed, it holds this rank's buckets only:
+        every key lives on exactly one rank (or is the same on all), so DCP keeps all of them."""
         state_dict = super().state_dict()
-        sharding = self.sharding() if self._comm_resolved else None
-        if sharding is not None:
-            state_dict["sharding"] = {k: sharding[k] for k in ("world_size", "rank", "owners", "units")}
+        anchors = self._anchors()
+        nested: dict[int, dict[str, Any]] = {}
+        for key, values in state_dict["state"].items():
+            entries = nested.setdefault(anchors[key], {})
+            entries.update({f"{key}:{name}": value for name, value in values.items()} or {f"{key}:": None})  # kept if empty
+        state_dict["state"] = nested
         return state_dict
+
+    def _anchors(self) -> dict[str, int]:
+        """The parameter index (torch's state_dict numbering) each unit's and group's state is filed under."""
+        plan, anchors, first = self._plan(), {}, 0
+        offsets = []
+        for group in self.param_groups:
+            offsets.append(first)
+            first += len(group["params"])
+        for g, layout in enumerate(plan.groups):
+            anchors[f"group.{g}"] = offsets[g]
+            for unit in layout.units:
+                anchors[unit.key] = offsets[g] + (unit.tiles[0].param if isinstance(unit, Bucket) else unit.params[0])
+        return anchors
+
+    @staticmethod
+    def _unnested(state: dict[Any, Any]) -> dict[str, Any]:
+        """Units' state keyed by unit again (a state saved before nesting is already)."""
+        if all(isinstance(key, str) for key in state):
+            return state
+        units: dict[str, dict[str, Any]] = {}
+        for entries in state.values():
+            for composite, value in entries.items():
+                key, _, name = str(composite).rpartition(":")
+                unit = units.setdefault(key, {})
+                if name:
+                    unit[name] = value
+        return units
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """As torch's, keeping every tensor's dtype, moving it to the parameters' device, keeping only
         the buckets this rank owns, and refusing a state that lacks any of them."""
         state_dict = self._upgrade_state_dict(state_dict)
+        state_dict = {**state_dict, "state": self._unnested(state_dict["state"])}
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "sharding"})
         plan = self._plan()
         device = self.param_groups[0]["params"][0].device
@@ -383,7 +417,7 @@ class BucketedOptimizer(torch.optim.Optimizer):
             if unit.group not in started:
                 continue
             if plan.owns(unit) and unit.key not in self.state:
-                raise ValueError(self._missing_shard_message(state_dict, unit))
+                raise ValueError(self._missing_shard_message(unit))
             if not plan.owns(unit):
                 self.state.pop(unit.key, None)
 
@@ -391,11 +425,10 @@ class BucketedOptimizer(torch.optim.Optimizer):
         """Convert a state saved by an older layout (subclasses override); the default keeps it."""
         return state_dict
 
-    def _missing_shard_message(self, state_dict: dict[str, Any], unit: Unit) -> str:
-        origin = state_dict.get("sharding")
-        source = f"rank {origin['rank']}'s shard of a {origin['world_size']}-rank run" if origin else "incomplete"
+    def _missing_shard_message(self, unit: Unit) -> str:
         return (
             f"{self.name}: the loaded optimizer state lacks {unit.key} (blocks {getattr(unit, 'block', 'diagonal')}), "
-            f"which this rank owns: the state dict is {source}. Save every rank's shard with "
-            "basinlab.optim.save_sharded_state and load them with load_sharded_state (it re-shards to any world size)"
+            "which this rank owns: it holds only some ranks' buckets (saved by rank 0 alone?). Save every rank's state "
+            "through torch.distributed.checkpoint (dcp.save, Accelerate save_state with FSDP2 SHARDED_STATE_DICT) or "
+            "basinlab.optim.save_sharded_state with load_sharded_state; both re-shard to any world size"
         )
