@@ -1,4 +1,5 @@
-"""FSDP2 (``fully_shard``) with the matrix optimizers: 2 real gloo ranks against one process."""
+"""FSDP2 (``fully_shard``) with the matrix optimizers: 2 real gloo ranks against one process,
+and torch.distributed.checkpoint resumes at 2 ranks, 2 -> 1 and 1 -> 2."""
 
 import importlib.util
 import os
@@ -26,7 +27,8 @@ def test_fully_sharded_training_equals_one_process_bitwise(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the ranks: BLAS results may depend on the thread count
     try:
-        reference = {name: worker.train(name, distributed=False) for name in worker.CONFIGS}
+        reference = {name: worker.train(name, checkpoint=tmp_path / f"dcp-{name}-1", distributed=False)
+                     for name in worker.CONFIGS}
     finally:
         torch.set_num_threads(threads)
     result = subprocess.run(
@@ -40,8 +42,12 @@ def test_fully_sharded_training_equals_one_process_bitwise(tmp_path):
         expected = [p.detach() for p in net.parameters()]
         assert any(not torch.equal(e, i) for e, i in zip(expected, initial)), name  # it trained
         for got in ranks:
-            assert all(torch.equal(a, b) for a, b in zip(got[name]["params"], expected)), name
+            for run in ("params", "resumed", "resharded_from_1"):
+                assert all(torch.equal(a, b) for a, b in zip(got[name][run], expected)), (name, run)
             assert got[name]["shards"] == 2
+        # the 2-rank checkpoint loaded by one process continues identically
+        resumed, _ = worker.train(name, resume=tmp_path / f"dcp-{name}-2", distributed=False)
+        assert all(torch.equal(a, b.detach()) for a, b in zip(expected, resumed.parameters())), name
         # the preconditioner state is split over the ranks, not repeated
         per_rank = [got[name]["state_numel"] for got in ranks]
         assert sum(per_rank) == worker.state_numel(optimizer) and max(per_rank) < worker.state_numel(optimizer), name

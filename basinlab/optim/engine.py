@@ -363,11 +363,12 @@ class BucketedOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """As torch's, each unit's state filed under the index of its first parameter (as
         ``"<unit>:<name>"``), so torch.distributed.checkpoint and the frameworks built on it map it
-        to parameter names like any optimizer's. Distributed, it holds this rank's buckets only:
+        to parameter names like any optimizer's (every parameter has an entry, most of them empty).
+        Distributed, it holds this rank's buckets only:
         every key lives on exactly one rank (or is the same on all), so DCP keeps all of them."""
         state_dict = super().state_dict()
         anchors = self._anchors()
-        nested: dict[int, dict[str, Any]] = {}
+        nested: dict[int, dict[str, Any]] = {i: {} for group in state_dict["param_groups"] for i in group["params"]}
         for key, values in state_dict["state"].items():
             entries = nested.setdefault(anchors[key], {})
             entries.update({f"{key}:{name}": value for name, value in values.items()} or {f"{key}:": None})  # kept if empty
@@ -389,8 +390,9 @@ class BucketedOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _unnested(state: dict[Any, Any]) -> dict[str, Any]:
-        """Units' state keyed by unit again (a state saved before nesting is already)."""
-        if all(isinstance(key, str) for key in state):
+        """Units' state keyed by unit again, whatever the outer keys are (parameter indices, or the
+        names torch.distributed.checkpoint passes); a state saved before nesting already is."""
+        if not any(":" in str(name) for entries in state.values() for name in entries):
             return state
         units: dict[str, dict[str, Any]] = {}
         for entries in state.values():
