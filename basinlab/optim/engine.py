@@ -370,6 +370,11 @@ class BucketedOptimizer(torch.optim.Optimizer):
         anchors = self._anchors()
         nested: dict[int, dict[str, Any]] = {i: {} for group in state_dict["param_groups"] for i in group["params"]}
         for key, values in state_dict["state"].items():
+            if not isinstance(key, str):  # a per-parameter entry: a lookup made it (state is a defaultdict)
+                if values:
+                    raise RuntimeError(f"{self.name}: per-parameter state {sorted(values)} was added from outside; "
+                                       "this optimizer keeps its state per bucket")
+                continue
             entries = nested.setdefault(anchors[key], {})
             entries.update({f"{key}:{name}": value for name, value in values.items()} or {f"{key}:": None})  # kept if empty
         state_dict["state"] = nested
