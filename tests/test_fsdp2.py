@@ -53,3 +53,27 @@ def test_fully_sharded_training_equals_one_process_bitwise(tmp_path):
         assert sum(per_rank) == worker.state_numel(optimizer) and max(per_rank) < worker.state_numel(optimizer), name
     message = ranks[0]["refused"]
     assert "placed (Shard(dim=1),)" in message and "only FSDP2's dim-0 sharding" in message
+
+
+def test_one_interface_says_whose_state_is_sharded_and_saves_it(tmp_path):
+    from accelerate import Accelerator
+
+    from basinlab.optim import Shampoo
+    from basinlab.optim.checkpoint import load_optimizer_state, save_optimizer_state, shards_state, state_shards
+
+    for make, sharding in ((lambda p: torch.optim.AdamW(p, lr=0.1), False), (lambda p: Shampoo(p, lr=0.1), True)):
+        net = torch.nn.Linear(4, 3)
+        optimizer = make(net.parameters())
+        net(torch.randn(2, 4)).sum().backward()
+        optimizer.step()
+        wrapped = Accelerator(cpu=True).prepare_optimizer(optimizer)  # AcceleratedOptimizer
+        assert shards_state(wrapped) is sharding and state_shards(wrapped) == 1  # one process: all of it here
+        folder = tmp_path / type(optimizer).__name__
+        save_optimizer_state(wrapped, folder, main_process=True)
+        fresh = make(torch.nn.Linear(4, 3).parameters())
+        load_optimizer_state(fresh, folder)
+        saved, loaded = optimizer.state_dict()["state"], fresh.state_dict()["state"]
+        assert saved.keys() == loaded.keys() and all(
+            torch.equal(a, b) if torch.is_tensor(a) else a == b
+            for key in saved for a, b in zip(saved[key].values(), loaded[key].values())
+        )

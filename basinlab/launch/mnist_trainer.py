@@ -28,6 +28,7 @@ from basinlab.launch.driver import UnitLog
 from basinlab.launch.mnist_evaluation import UnitHistory, accuracy
 from basinlab.models import MLP, effective_weights
 from basinlab.models.seed_stack import SeedStack
+from basinlab.optim.checkpoint import state_shards
 
 logger = logging.getLogger(__name__)
 PHASES = ("first", "then")  # an arm's optimizers in the order they train each task
@@ -350,13 +351,8 @@ class ArmTrainer:
             epoch += 1
 
     def _optimizer_state_shards(self) -> int:
-        """Over how many ranks the arm's optimizers split their state (distributed Shampoo), else 1."""
-        shards = [1]
-        for optimizer in self.optimizers:
-            sharding = getattr(optimizer.optimizer, "sharding", None)
-            info = sharding() if sharding is not None else None
-            shards.append(info["world_size"] if info else 1)
-        return max(shards)
+        """Over how many ranks the arm's optimizers split their state (distributed Shampoo, SOAP, Muon), else 1."""
+        return max(state_shards(optimizer) for optimizer in self.optimizers)
 
 
 def _weight_matrices(net: MLP) -> list[torch.nn.Parameter]:

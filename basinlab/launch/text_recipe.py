@@ -54,18 +54,10 @@ from basinlab.launch.text_config import TextRunConfig
 from basinlab.launch.driver import UnitLog
 from basinlab.launch.rundir import PROGRESS, RunDirectory
 from basinlab.models import build_bert_mlm
-from basinlab.optim import load_sharded_state, save_sharded_state
-from basinlab.optim.engine import BucketedOptimizer
+from basinlab.optim.checkpoint import load_optimizer_state, save_optimizer_state, state_shards, unwrap_optimizer
 from basinlab.optim.registry import group_options, model_param_groups, optimizer_factory
 
 logger = logging.getLogger(__name__)
-
-
-def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
-    """The optimizer inside Accelerate's / DeepSpeed's wrappers."""
-    while hasattr(optimizer, "optimizer"):
-        optimizer = optimizer.optimizer
-    return optimizer
 
 
 class DomainTrainer(Trainer):
@@ -298,8 +290,7 @@ class TextUnit:
             self._save_checkpoint(index, optimizer)
             del trainer
             gc.collect()
-        sharding = optimizer.sharding() if isinstance(optimizer, BucketedOptimizer) else None
-        self.optimizer_state_shards = sharding["world_size"] if sharding else 1
+        self.optimizer_state_shards = state_shards(optimizer) if optimizer is not None else 1
         return self._result(time.perf_counter() - started)
 
     # ------------------------------------------------------------------ checkpoints
@@ -308,13 +299,10 @@ class TextUnit:
         """Every rank writes its optimizer shard (Shampoo, SOAP, Muon) before the main process marks the
         checkpoint complete; the previous one is deleted only after that."""
         folder = self.checkpoints / f"domain-{index:03d}"
-        if isinstance(optimizer, BucketedOptimizer):
-            save_sharded_state(optimizer, folder)
+        save_optimizer_state(optimizer, folder, ranks.is_main_process())
         ranks.barrier()
         if ranks.is_main_process():
             _save_torch(folder / "model.pt", self.model.state_dict())
-            if not isinstance(optimizer, BucketedOptimizer):
-                _save_torch(folder / "optimizer.pt", optimizer.state_dict())
             _save_torch(folder / "callback.pt", self.callback.state_dict())
             atomic_write_json(
                 folder / PROGRESS,
@@ -344,7 +332,7 @@ class TextUnit:
         logger.info("%s: resuming after domain %d (%s) from %s", self.unit, first, self.domains[first - 1].name, folder)
         if self.config.train.reset_optimizer_per_domain:
             return first, None
-        return first, lambda optimizer: _load_optimizer(unwrap_optimizer(optimizer), folder)
+        return first, lambda optimizer: load_optimizer_state(optimizer, folder)
 
     # ------------------------------------------------------------------ result
 
@@ -369,13 +357,6 @@ class TextUnit:
 
 def _save_torch(path: Path, obj: Any) -> None:
     atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    if isinstance(optimizer, BucketedOptimizer):
-        load_sharded_state(optimizer, folder)
-    else:
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
 
 
 # ---------------------------------------------------------------------- the run

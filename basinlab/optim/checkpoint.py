@@ -1,4 +1,4 @@
-"""Save and resume a distributed optimizer's sharded state at any world size.
+"""Save and resume optimizer state, a distributed optimizer's sharded state at any world size.
 
 Distributed, each rank's ``state_dict()`` holds only the buckets it owns, and the usual
 "rank 0 saves the optimizer" convention would lose the others. Here every rank writes its
@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from basinlab.atomic import atomic_write
 
 _SHARD = re.compile(r"shampoo-shard-(\d+)-of-(\d+)\.pt")
+PLAIN_STATE = "optimizer.pt"  # the state of an optimizer that keeps all of it on every rank
 
 
 def shard_name(rank: int, world_size: int) -> str:
@@ -58,3 +60,46 @@ def load_sharded_state(optimizer: torch.optim.Optimizer, directory: str | Path) 
         for key, values in shard["state"].items():
             merged["state"].setdefault(key, {}).update(values)
     optimizer.load_state_dict(merged)
+
+
+# ---------------------------------------------------------------------- optimizers in general
+
+
+def unwrap_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The optimizer inside Accelerate's / DeepSpeed's wrappers."""
+    while hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def shards_state(optimizer: Any) -> bool:
+    """Whether ``optimizer`` may keep different state on different ranks, so that every rank must
+    save its own: it says so by having ``sharding()``, as every optimizer on the bucket machinery
+    (Shampoo, SOAP, Muon) does."""
+    return callable(getattr(unwrap_optimizer(optimizer), "sharding", None))
+
+
+def state_shards(optimizer: Any) -> int:
+    """Over how many ranks ``optimizer`` splits its state now (1: every rank holds all of it)."""
+    inner = unwrap_optimizer(optimizer)
+    sharding = inner.sharding() if shards_state(inner) else None
+    return sharding["world_size"] if sharding else 1
+
+
+def save_optimizer_state(optimizer: Any, directory: str | Path, main_process: bool) -> None:
+    """Every rank calls this: a sharding optimizer's ranks each write their shard, any other
+    optimizer's state is written once, by the main process."""
+    inner = unwrap_optimizer(optimizer)
+    if shards_state(inner):
+        save_sharded_state(inner, directory)
+    elif main_process:
+        atomic_write(Path(directory) / PLAIN_STATE, lambda f: torch.save(inner.state_dict(), f))
+
+
+def load_optimizer_state(optimizer: Any, directory: str | Path) -> None:
+    """What save_optimizer_state wrote, into ``optimizer`` (sharded state re-sharded to this world size)."""
+    inner = unwrap_optimizer(optimizer)
+    if shards_state(inner):
+        load_sharded_state(inner, directory)
+    else:
+        inner.load_state_dict(torch.load(Path(directory) / PLAIN_STATE, map_location="cpu", weights_only=True))
