@@ -151,3 +151,11 @@ def test_report_names_a_broken_unit_file(toy, tmp_path):
         (run / "units" / "a__seed0.json").write_text(text)
         with pytest.raises(UserError, match=r"a__seed0.json: .*; rerun with --resume"):
             write_report(RunDirectory(run))
+
+
+def test_an_fsdp_launch_without_gpus_is_refused_not_run_as_ddp(toy, tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets for an FSDP config
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    with pytest.raises(UserError, match="Accelerate would silently run DDP instead"):
+        run_experiment(toy, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

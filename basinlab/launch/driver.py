@@ -9,6 +9,7 @@ one arm. Recipes are looked up in :mod:`basinlab.launch.recipes`.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -106,6 +107,16 @@ def select_arms(config: ExperimentConfig, only: list[str] | None) -> list[ArmCon
     return [arm for arm in config.arms if arm.label in only]
 
 
+def refuse_fsdp_without_gpus() -> None:
+    """Accelerate (1.15) turns FSDP on only for GPU-like devices: launched with an FSDP config on
+    CPUs, the ranks silently train as plain DDP. Say so instead."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not torch.cuda.is_available():
+        raise UserError(
+            "an Accelerate FSDP config on a machine without GPUs: Accelerate would silently run DDP instead; "
+            "launch with configs/accelerate/cpu_2proc.yaml here, or the FSDP config on GPUs"
+        )
+
+
 def plan_groups(
     recipe: Recipe, config: ExperimentConfig, arms: list[ArmConfig], finished: set[str], workers: int
 ) -> list[tuple[ArmConfig, list[int]]]:
@@ -185,6 +196,7 @@ def run_experiment(
     """Train every unfinished (arm, seed) unit of ``config`` (of the ``only`` arms) into ``output``,
     then rebuild its report; returns the run directory."""
     arms = select_arms(config, only)
+    refuse_fsdp_without_gpus()
     recipe = recipe_class(config.recipe)(config)
     if workers > 1 and ranks.world_size() > 1:
         raise UserError(
