@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/optimizer_step.py
 	$(BIN)/python benchmarks/soap_muon.py
 	$(BIN)/python benchmarks/distributed_shampoo.py
+	$(BIN)/python benchmarks/fsdp2.py
 	$(BIN)/python benchmarks/sparsity.py
 	$(BIN)/python benchmarks/text_hooks.py
 

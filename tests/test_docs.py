@@ -682,17 +682,17 @@ def test_entry_point_plugins_register_before_the_arms_are_checked(tmp_path, monk
 # ------------------------------------------------------------------ multi-process snippets
 
 
-DEEPSPEED_SCRIPTS = ["train_engine.py", "train.py", "train_trainer_ds.py"]
+MULTI_PROCESS_SCRIPTS = ["train_engine.py", "train.py", "train_trainer_ds.py", "train_fsdp2.py"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", DEEPSPEED_SCRIPTS)
-def test_deepspeed_scripts_run_as_written(name, doc_dir):
-    """docs/distributed.md's DeepSpeed scripts, as written, with their documented launch commands
-    (torchrun or accelerate launch), on 2 CPU ranks."""
+@pytest.mark.parametrize("name", MULTI_PROCESS_SCRIPTS)
+def test_multi_process_scripts_run_as_written(name, doc_dir):
+    """docs/distributed.md's DeepSpeed and FSDP2 scripts, as written, with their documented launch
+    commands (torchrun or accelerate launch), on 2 CPU ranks."""
     [script] = [b for b in PYTHON if b.text.startswith(f"# {name}\n")]
     [command] = [c for c in LAUNCHES if c.program[-1] == name]
-    assert ("tests/test_docs.py", "test_deepspeed_scripts_run_as_written") in script.tests
+    assert ("tests/test_docs.py", "test_multi_process_scripts_run_as_written") in script.tests
     (doc_dir / name).write_text(script.text)
     argv = [str(Path(sys.executable).parent / command.launcher), *command.program[1:]]  # .venv/bin/<launcher>
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
@@ -717,17 +717,19 @@ BENCHMARKS = {  # script -> shortened arguments (the documented defaults take mi
     "text_hooks": ["--steps", "3", "--windows", "1"],
     "gpu_check": ["--quick", "--device", "cpu", "--sections", "correctness"],
     "distributed_shampoo": ["--frequency", "2", "--windows", "1"],
+    "fsdp2": ["--frequency", "2", "--windows", "1"],
 }
+TORCHRUN_BENCHMARKS = ("distributed_shampoo", "fsdp2")  # they train BERT-mini in every rank: run with the MLP
 
-# distributed_shampoo.py trains BERT-mini in every rank; this wrapper swaps in the MLP workload,
-# in the launcher and in the ranks it starts (it launches __file__, so it launches the wrapper).
-DISTRIBUTED_WRAPPER = '''
+# These train BERT-mini in every rank; this wrapper swaps in the MLP workload, in the launcher and
+# in the ranks it starts (the script launches __file__, so it launches the wrapper).
+MLP_WRAPPER = '''
 import os, runpy, sys
 bench = os.environ["BASINLAB_BENCHMARKS"]
 sys.path.insert(0, bench)
 import optimizer_step
 optimizer_step.bert_workload = lambda preset, *args, **kwargs: optimizer_step.mlp_workload()
-namespace = runpy.run_path(os.path.join(bench, "distributed_shampoo.py"))
+namespace = runpy.run_path(os.path.join(bench, "{script}.py"))
 namespace["main"].__globals__["__file__"] = os.path.abspath(__file__)
 namespace["main"]()
 '''
@@ -745,9 +747,9 @@ def test_benchmarks_run_shortened(name, tmp_path, mnist_cache_dir):
     env = {**os.environ, "BASINLAB_CACHE": str(mnist_cache_dir), "OMP_NUM_THREADS": "1",
            "BASINLAB_BENCHMARKS": str(ROOT / "benchmarks"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     script = ROOT / "benchmarks" / f"{name}.py"
-    if name == "distributed_shampoo":
-        script = tmp_path / "distributed_shampoo_mlp.py"
-        script.write_text(DISTRIBUTED_WRAPPER)
+    if name in TORCHRUN_BENCHMARKS:
+        script = tmp_path / f"{name}_mlp.py"
+        script.write_text(MLP_WRAPPER.format(script=name))
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])
     result = subprocess.run([sys.executable, str(script), *BENCHMARKS[name]], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300)
