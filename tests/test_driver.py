@@ -112,7 +112,7 @@ def test_resume_retrains_unreadable_units_and_keeps_checkpointed_lines(toy, tmp_
     (run / "units" / "b__seed0.json").unlink()
     checkpoint = RunDirectory(run).checkpoint_dir("b__seed0") / "step-1"
     checkpoint.mkdir(parents=True)
-    (checkpoint / PROGRESS).write_text(json.dumps({"metrics_lines": 2}))  # b__seed0 resumes after 2 lines
+    (checkpoint / PROGRESS).write_text(json.dumps({"position": [1], "metrics_lines": 2}))  # b__seed0 resumes after 2 lines
     ToyRecipe.trained.clear()
     with caplog.at_level(logging.WARNING):
         run_experiment(toy, run, resume=True)

@@ -12,7 +12,7 @@ from basinlab.launch.config import config_from_dict
 from basinlab.launch.rundir import RunDirectory
 from basinlab.eval.results import TextUnitResult
 from basinlab.launch.driver import run_experiment, write_report
-from basinlab.launch.text_recipe import TextUnit
+from basinlab.launch.text_recipe import TextUnit, TrainingLog
 
 
 
@@ -96,6 +96,41 @@ def test_resume_after_interruption_matches_uninterrupted_run(finished_text_run, 
     reference = RunDirectory(reference_dir).read_units(TextUnitResult)
     resumed = RunDirectory(output).read_units(TextUnitResult)
     assert [u.unit for u in resumed] == [u.unit for u in reference]
+    for a, b in zip(reference, resumed):
+        assert (b.loss_matrix, b.train_loss, b.final_representation) == (a.loss_matrix, a.train_loss, a.final_representation)
+
+    def comparable(lines):
+        return [(l["unit"], l.get("event"), l.get("label"), l.get("step"), l.get("loss")) for l in lines]
+
+    assert comparable(metrics_lines(output)) == comparable(metrics_lines(reference_dir))
+
+
+def test_resume_mid_domain_matches_uninterrupted_run(finished_text_run, monkeypatch):
+    """train.save_steps: the Trainer's own checkpoints inside a domain (model, every rank's optimizer
+    shard, scheduler, data position, RNG) plus the unit's progress; a run cut after step 4 of the
+    second domain resumes there. (With save_steps each batch's masks come from its position, so the
+    reference is an uninterrupted run with the same setting.)"""
+    _, tmp_path = finished_text_run
+    config = text_config(tmp_path, train={"save_steps": 2})
+    reference_dir = run_experiment(config, tmp_path / "uninterrupted_with_saves")
+    save = TrainingLog.on_save
+
+    def crash_after_a_save(self, args, state, control, **kwargs):
+        save(self, args, state, control, **kwargs)
+        if self.unit.unit == "shampoo__seed0" and self.index == 1 and state.global_step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainingLog, "on_save", crash_after_a_save)
+    output = tmp_path / "interrupted_midway"
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(config, output)
+    assert (output / "checkpoints" / "shampoo__seed0" / "domain-001" / "checkpoint-4" / "progress.json").exists()
+    monkeypatch.setattr(TrainingLog, "on_save", save)
+    run_experiment(config, output, resume=True)
+    assert not (output / "checkpoints").exists()
+
+    reference = RunDirectory(reference_dir).read_units(TextUnitResult)
+    resumed = RunDirectory(output).read_units(TextUnitResult)
     for a, b in zip(reference, resumed):
         assert (b.loss_matrix, b.train_loss, b.final_representation) == (a.loss_matrix, a.train_loss, a.final_representation)
 

@@ -4,13 +4,18 @@ Documents are tokenized, joined with [SEP] between them and cut into sequences o
 ``max_length`` tokens, each ``[CLS] ... [SEP]`` (BERT pre-training style: no padding, every
 position trains). The tail that does not fill a sequence is dropped. Packing runs in memory
 on every process (a few seconds for the built-in domains), so no rank ever waits on a
-cache file another rank is writing.
+cache file another rank is writing. ``ResumableMaskingCollator`` masks each batch from its
+position, so a domain resumed mid-way masks as if never interrupted.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
+
+import torch
+from transformers import DataCollatorForLanguageModeling
 
 from basinlab.errors import UserError
 
@@ -73,3 +78,28 @@ def domain_sequences(
         return datasets.Dataset.from_dict({"input_ids": rows})
 
     return DomainSequences(name, as_dataset(train), as_dataset(evaluation), as_dataset(evaluation[:probe_sequences]))
+
+
+class ResumableMaskingCollator(DataCollatorForLanguageModeling):
+    """BERT masking whose random draws for batch i come from a generator seeded by (seed, i).
+
+    The usual collator draws from one running generator, and the Trainer's data loader collates
+    a batch ahead of the step it trains, so a checkpoint's RNG state already includes the next
+    batch's masks: a resumed run masks differently. Seeding each batch by its index makes the
+    masks a function of the position alone; ``first_batch`` is where a resumed domain starts.
+    Batches are counted per loader worker (each worker collates every ``num_workers``-th batch).
+    """
+
+    def __init__(self, tokenizer: Any, mlm_probability: float, seed: int, first_batch: int = 0):
+        super().__init__(tokenizer, mlm_probability=mlm_probability, seed=seed)
+        self.first_batch = first_batch
+        self.collated = 0
+
+    def torch_call(self, examples: list) -> dict[str, Any]:
+        worker = torch.utils.data.get_worker_info()
+        workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
+        index = self.first_batch + self.collated * workers + worker_id
+        self.collated += 1
+        self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        self._generator_pid = os.getpid()
+        return super().torch_call(examples)

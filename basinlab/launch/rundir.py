@@ -6,7 +6,7 @@ Layout::
     metrics.jsonl        one line per event, appended live (units interleave: group by "unit")
     units/<unit>.json    the finished result of one (arm, seed) unit, written atomically
     units/invalid/       unit files found unreadable on resume (the unit is trained again)
-    checkpoints/<unit>/  a recipe's checkpoints of an unfinished unit (its newest holds progress.json)
+    checkpoints/<unit>/  a recipe's checkpoints of an unfinished unit (complete ones hold progress.json)
     tensorboard/<unit>/  TensorBoard event files
     summary.json, report.md, plots/*.png   rebuilt from units/ at the end
 
@@ -157,9 +157,15 @@ class RunDirectory:
         return self.checkpoints_dir / unit
 
     def latest_checkpoint(self, unit: str) -> Path | None:
-        """The newest complete checkpoint of ``unit`` (its progress.json written), if any."""
-        complete = sorted(p.parent for p in self.checkpoint_dir(unit).glob(f"*/{PROGRESS}"))
-        return complete[-1] if complete else None
+        """The newest complete checkpoint of ``unit``: of the folders (at any depth) whose progress.json
+        is written, the one with the largest "position" (a list the recipe orders its checkpoints by)."""
+        complete = []
+        for path in self.checkpoint_dir(unit).rglob(PROGRESS):
+            try:
+                complete.append((json.loads(path.read_text())["position"], str(path.parent)))
+            except (OSError, ValueError, KeyError):  # a progress file cut short: that checkpoint is not complete
+                continue
+        return Path(max(complete)[1]) if complete else None
 
     def checkpointed_lines(self, unit: str) -> int:
         """How many metrics lines ``unit`` had written when its newest checkpoint was taken."""

@@ -99,6 +99,7 @@ class TextTrainConfig:
     eval_batch_size: int = 64
     eval_every_n_steps: Optional[int] = None  # extra evaluations inside each domain
     logging_steps: int = 10
+    save_steps: Optional[int] = None  # also checkpoint every this many steps inside a domain (resume mid-domain)
     reset_optimizer_per_domain: bool = False  # default carries optimizer state across domains
     deepspeed: Optional[str] = None  # DeepSpeed JSON config (ZeRO stage 0), passed to TrainingArguments
     dataloader_num_workers: int = 0
@@ -115,6 +116,13 @@ class TextTrainConfig:
         require(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 disables clipping)")
         if self.eval_every_n_steps is not None:
             require(self.eval_every_n_steps >= 1, "train.eval_every_n_steps", "must be >= 1 or null")
+        if self.save_steps is not None:
+            require(
+                self.save_steps >= 1 and self.save_steps % self.logging_steps == 0,
+                "train.save_steps",
+                f"must be a positive multiple of train.logging_steps ({self.logging_steps}), so a domain resumed "
+                "from a save logs the same averaged losses; or null",
+            )
         require(self.dataloader_num_workers >= 0, "train.dataloader_num_workers", "must be >= 0")
         if self.deepspeed is not None:
             self._check_deepspeed()

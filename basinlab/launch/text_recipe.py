@@ -40,7 +40,7 @@ from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallba
 
 from basinlab import ranks
 from basinlab.atomic import atomic_write, atomic_write_json
-from basinlab.data.mlm import DomainSequences, domain_sequences
+from basinlab.data.mlm import DomainSequences, ResumableMaskingCollator, domain_sequences
 from basinlab.data.text import load_domain_spec, load_text_domain
 from basinlab.data.tokenizer import load_tokenizer, train_wordpiece
 from basinlab.errors import UserError
@@ -52,6 +52,7 @@ from basinlab.eval.text_summary import build_text_summary
 from basinlab.launch.config import ArmConfig
 from basinlab.launch.text_config import TextRunConfig
 from basinlab.launch.driver import UnitLog
+from basinlab.launch.hf_checkpoints import ShardedOptimizerCheckpoints
 from basinlab.launch.rundir import PROGRESS, RunDirectory
 from basinlab.models import build_bert_mlm
 from basinlab.optim.checkpoint import load_optimizer_state, save_optimizer_state, state_shards, unwrap_optimizer
@@ -60,10 +61,11 @@ from basinlab.optim.registry import group_options, model_param_groups, optimizer
 logger = logging.getLogger(__name__)
 
 
-class DomainTrainer(Trainer):
+class DomainTrainer(ShardedOptimizerCheckpoints, Trainer):
     """A Trainer that trains with the optimizer carried over from the previous domain, if any.
 
-    ``restore_optimizer`` (resume) loads a checkpoint into the optimizer it builds.
+    ``restore_optimizer`` (resume) loads a checkpoint into the optimizer it builds; its own
+    mid-domain checkpoints keep every rank's optimizer shard (ShardedOptimizerCheckpoints).
     """
 
     def __init__(self, *args: Any, carried_optimizer=None, restore_optimizer: Callable | None = None, **kwargs: Any):
@@ -91,9 +93,10 @@ class TrainingLog(TrainerCallback):
     """Training loss, learning rate and tokens/s of every logging step, under a step count that
     runs on across domains; checks that a carried optimizer still owns the model's parameters."""
 
-    def __init__(self, unit: "TextUnit", domain: str, step_offset: int, check_carried: bool):
+    def __init__(self, unit: "TextUnit", index: int, step_offset: int, check_carried: bool):
         self.unit = unit
-        self.domain = domain
+        self.index = index
+        self.domain = unit.domains[index].name
         self.step_offset = step_offset
         self.check_carried = check_carried
         self.started: float | None = None
@@ -117,6 +120,14 @@ class TrainingLog(TrainerCallback):
         if self.started is None or self.last_step_end is None or self.last_step_end <= self.started:
             return None
         return steps * tokens_per_step / (self.last_step_end - self.started)
+
+    def on_save(self, args, state, control, **kwargs):
+        """The Trainer has saved a mid-domain checkpoint: add what resuming from it needs (not at the
+        domain's last step, where the domain's own checkpoint follows)."""
+        if state.global_step >= self.unit.config.train.steps_per_domain:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        self.unit.save_progress(folder, self.index, state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -210,7 +221,7 @@ class TextUnit:
         weight_decay = self._options()[2]
         domain_seed = self.seed * 1000 + index  # data order, masking and dropout of this domain
         return TrainingArguments(
-            output_dir=str(self.checkpoints / "trainer"),
+            output_dir=str(self.checkpoints / f"domain-{index:03d}"),  # mid-domain saves: checkpoint-<step>/
             max_steps=train.steps_per_domain,
             per_device_train_batch_size=train.batch_size,
             gradient_accumulation_steps=train.gradient_accumulation_steps,
@@ -221,7 +232,9 @@ class TextUnit:
             max_grad_norm=train.max_grad_norm,
             bf16=train.bf16,
             logging_steps=train.logging_steps,
-            save_strategy="no",
+            save_strategy="steps" if train.save_steps else "no",
+            save_steps=train.save_steps or 500,
+            save_total_limit=1,
             eval_strategy="no",
             report_to=[],
             seed=domain_seed,
@@ -235,10 +248,12 @@ class TextUnit:
             **self.process_kwargs,
         )
 
-    def domain_trainer(self, index: int, carried=None, restore: Callable | None = None) -> tuple[DomainTrainer, TrainingLog]:
+    def domain_trainer(
+        self, index: int, carried=None, restore: Callable | None = None, first_batch: int = 0
+    ) -> tuple[DomainTrainer, TrainingLog]:
         """The Trainer of domain ``index`` with this unit's callbacks, and its TrainingLog."""
         optimizer_cls, kwargs, _ = self._options()
-        log = TrainingLog(self, self.domains[index].name, index * self.config.train.steps_per_domain, carried is not None)
+        log = TrainingLog(self, index, index * self.config.train.steps_per_domain, carried is not None)
         if self.config.train.deepspeed:
             # Accelerate refuses a DeepSpeed plugin for a second Accelerator in one process, but every
             # domain's Trainer builds one: drop the accelerator state (the process group stays).
@@ -247,7 +262,7 @@ class TextUnit:
             model=self.model,
             args=self.training_arguments(index),
             train_dataset=self.domains[index].train,
-            data_collator=self.collator(),
+            data_collator=self.collator(index, first_batch),
             optimizer_cls_and_kwargs=(optimizer_cls, kwargs),
             callbacks=[log, self.callback],
             carried_optimizer=carried,
@@ -255,25 +270,32 @@ class TextUnit:
         )
         return trainer, log
 
-    def collator(self) -> DataCollatorForLanguageModeling:
-        return DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=self.config.train.mlm_probability)
+    def collator(self, index: int = 0, first_batch: int = 0) -> DataCollatorForLanguageModeling:
+        """The masking collator of domain ``index``: with train.save_steps one that masks each batch from
+        its position (so a resumed domain masks the same tokens), else the Trainer's usual one."""
+        probability = self.config.train.mlm_probability
+        if self.config.train.save_steps:
+            return ResumableMaskingCollator(self.tokenizer, probability, seed=self.seed * 1000 + index, first_batch=first_batch)
+        return DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=probability)
 
     def tokens_per_step(self, args: TrainingArguments) -> int:
         return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * self.config.data.max_length
 
     def train(self) -> TextUnitResult:
         started = time.perf_counter()
-        first, restore = self._resume()
-        if first == 0:
+        first, restore, midway, resumed_step = self._resume()
+        if first == 0 and midway is None:
             self._log_evaluation(self.callback.evaluate(self.model, INITIAL, step=0), 0)
         carried, optimizer = None, None
         steps = self.config.train.steps_per_domain
         for index in range(first, len(self.domains)):
             domain = self.domains[index]
-            trainer, log = self.domain_trainer(index, carried, restore)
+            resuming = midway is not None and index == first
+            first_batch = resumed_step * self.config.train.gradient_accumulation_steps if resuming else 0
+            trainer, log = self.domain_trainer(index, carried, restore, first_batch)
             logger.info("%s: domain %d/%d %s (%d train sequences)", self.unit, index + 1, len(self.domains), domain.name, len(domain.train))
             self.callback.start_domain(domain.name)
-            trainer.train()
+            trainer.train(resume_from_checkpoint=str(midway) if resuming else None)
             record = self.callback.records[-1]
             self._log_evaluation(record, (index + 1) * steps)
             optimizer = unwrap_optimizer(trainer.optimizer)
@@ -295,44 +317,60 @@ class TextUnit:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def _save_checkpoint(self, index: int, optimizer: torch.optim.Optimizer) -> None:
-        """Every rank writes its optimizer shard (Shampoo, SOAP, Muon) before the main process marks the
-        checkpoint complete; the previous one is deleted only after that."""
-        folder = self.checkpoints / f"domain-{index:03d}"
-        save_optimizer_state(optimizer, folder, ranks.is_main_process())
+    def save_progress(self, folder: Path, index: int, step: int) -> None:
+        """Mark ``folder`` a complete checkpoint at ``step`` of domain ``index`` (every rank calls this,
+        after writing its part): the evaluation records, the training curve and how many metrics lines
+        the unit has written, progress.json last."""
         ranks.barrier()
         if ranks.is_main_process():
-            _save_torch(folder / "model.pt", self.model.state_dict())
             _save_torch(folder / "callback.pt", self.callback.state_dict())
+            complete = step >= self.config.train.steps_per_domain
             atomic_write_json(
                 folder / PROGRESS,
                 {
-                    "completed_domains": index + 1,
+                    "position": [index, step],
+                    "completed_domains": index + 1 if complete else index,
                     "metrics_lines": self.log_writer.lines,
                     "domain_stats": self.domain_stats,
                     "train_loss": self.train_loss,
                 },
             )
-            for old in self.checkpoints.glob("domain-*"):
+        ranks.barrier()
+
+    def _save_checkpoint(self, index: int, optimizer: torch.optim.Optimizer) -> None:
+        """Every rank writes its optimizer shard (Shampoo, SOAP, Muon) before the main process marks the
+        checkpoint complete; older checkpoints (and this domain's mid-domain ones) go only after that."""
+        folder = self.checkpoints / f"domain-{index:03d}"
+        save_optimizer_state(optimizer, folder, ranks.is_main_process())
+        if ranks.is_main_process():
+            _save_torch(folder / "model.pt", self.model.state_dict())
+        self.save_progress(folder, index, self.config.train.steps_per_domain)
+        if ranks.is_main_process():
+            for old in [*self.checkpoints.glob("domain-*"), *folder.glob("checkpoint-*")]:
                 if old != folder:
                     shutil.rmtree(old, ignore_errors=True)
         ranks.barrier()
 
-    def _resume(self) -> tuple[int, Callable | None]:
-        """(first domain to train, optimizer loader or None) from the latest complete checkpoint."""
+    def _resume(self) -> tuple[int, Callable | None, Path | None, int]:
+        """(first domain to train, optimizer loader or None, the Trainer checkpoint to resume that domain
+        from or None, and its step) from the latest complete checkpoint."""
         folder = self.run.latest_checkpoint(self.unit)
         if folder is None:
-            return 0, None
+            return 0, None, None, 0
         progress = json.loads((folder / PROGRESS).read_text())
-        self.model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
         self.callback.load_state_dict(torch.load(folder / "callback.pt", map_location="cpu", weights_only=True))
         self.domain_stats = progress["domain_stats"]
         self.train_loss = progress["train_loss"]
         first = progress["completed_domains"]
+        index, step = progress["position"]
+        if first == index:  # inside a domain: the Trainer resumes it (model, optimizer, data position, RNG)
+            logger.info("%s: resuming domain %d (%s) at step %d from %s", self.unit, index + 1, self.domains[index].name, step, folder)
+            return index, None, folder, step
+        self.model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
         logger.info("%s: resuming after domain %d (%s) from %s", self.unit, first, self.domains[first - 1].name, folder)
         if self.config.train.reset_optimizer_per_domain:
-            return first, None
-        return first, lambda optimizer: load_optimizer_state(optimizer, folder)
+            return first, None, None, 0
+        return first, lambda optimizer: load_optimizer_state(optimizer, folder), None, 0
 
     # ------------------------------------------------------------------ result
 
