@@ -1,11 +1,14 @@
-"""The text recipe under real launchers: `accelerate launch` with 2 CPU ranks (DDP over gloo) and
-DeepSpeed ZeRO-0 through TrainingArguments(deepspeed=...) under torchrun."""
+"""The text recipe under real launchers: `accelerate launch` with 2 CPU ranks (DDP over gloo),
+DeepSpeed ZeRO-0 through TrainingArguments(deepspeed=...) under torchrun, and a 2-rank run killed
+mid-domain that resumes to the uninterrupted result."""
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,42 @@ def test_deepspeed_zero0_under_torchrun(tmp_path, single_process_run):
     ends = [json.loads(l) for l in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines() if '"domain_end"' in l]
     assert [l["optimizer_steps"] for l in ends if l["unit"] == "shampoo__seed0"] == [STEPS, 2 * STEPS, 3 * STEPS]
     assert summary["units"][1]["arm"] == "shampoo"
+
+
+def test_two_rank_run_killed_mid_domain_resumes_to_the_same_result(tmp_path):
+    """SIGKILL to both ranks right after shampoo's first save inside a domain (train.save_steps), then
+    --resume: every rank's optimizer shard, the data position and the RNG come back, so the result is
+    the uninterrupted 2-rank run's."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    config = write_config(tmp_path, train={"save_steps": 2})
+    env = {**ONE_THREAD, "ACCELERATE_USE_CPU": "true"}
+
+    def launch(output, *extra, **kwargs):
+        command = [accelerate, "launch", "--config_file", ROOT / "configs/accelerate/cpu_2proc.yaml",
+                   "-m", "basinlab", "run", config, "--output", output, *extra]
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
+
+    full = launch(tmp_path / "full")
+    assert full.wait() == 0, full.stderr.read()[-3000:]
+    killed = tmp_path / "killed"
+    process = launch(killed, start_new_session=True)  # its own process group: the kill reaches both ranks
+    marker = killed / "checkpoints" / "shampoo__seed0" / "domain-001"
+    deadline = time.monotonic() + 300
+    while not list(marker.glob("checkpoint-*/progress.json")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "units" / "shampoo__seed0.json").exists(), "the kill must come before shampoo finishes"
+    resumed = launch(killed, "--resume")
+    assert resumed.wait() == 0, resumed.stderr.read()[-3000:]
+    one, two = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "full", killed))
+    keys = ("unit", "loss_matrix", "train_loss", "final_representation", "optimizer_state_shards")
+    assert [{k: u[k] for k in keys} for u in two["units"]] == [{k: u[k] for k in keys} for u in one["units"]]
+
+    def comparable(run_dir):
+        """Each metrics line without its timings, in order (units run one after the other)."""
+        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [(l["unit"], l.get("event", l.get("kind")), l.get("label"), l.get("step"), json.dumps(l.get("loss")))
+                for l in lines]
+
+    assert comparable(killed) == comparable(tmp_path / "full")
