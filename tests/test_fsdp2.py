@@ -77,3 +77,44 @@ def test_one_interface_says_whose_state_is_sharded_and_saves_it(tmp_path):
             torch.equal(a, b) if torch.is_tensor(a) else a == b
             for key in saved for a, b in zip(saved[key].values(), loaded[key].values())
         )
+
+
+def load_optimizer_state_of_a_two_rank_owner(model, state_dict):
+    """Load ``state_dict`` into a Shampoo of ``model`` as one process, which owns every bucket."""
+    from basinlab.optim import Shampoo
+
+    named = list(model.named_parameters())
+    groups = [[p for n, p in named if not n.endswith("bias")], [p for n, p in named if n.endswith("bias")]]  # as the Trainer's
+    optimizer = Shampoo([{"params": g} for g in groups], lr=0.05, precondition_frequency=2, max_preconditioner_dim=4)
+    optimizer.load_state_dict(state_dict)
+
+
+@pytest.mark.slow
+def test_hf_trainer_checkpoints_keep_every_ranks_shampoo_state(tmp_path):
+    """Under DDP the Trainer saves the optimizer from rank 0 only; with ShardedOptimizerCheckpoints every
+    rank saves its buckets, a 2-rank resume is bitwise, and one process resumes the 2-rank checkpoint."""
+    worker_path = ROOT / "tests" / "workers" / "hf_trainer_checkpoints.py"
+    spec = importlib.util.spec_from_file_location("hf_trainer_checkpoints_worker", worker_path)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(worker_path), str(tmp_path)],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"results-{r}.pt", weights_only=True) for r in (0, 1)]
+    for got in ranks:
+        assert all(torch.equal(a, b) for a, b in zip(got["full"], got["resumed"]))
+    plain = torch.load(tmp_path / "plain" / f"checkpoint-{worker.SAVE_AT}" / "optimizer.pt", weights_only=True)
+    fresh = worker.Regression()
+    with pytest.raises(ValueError, match="lacks bucket.*save_sharded_state"):  # what the plain Trainer's resume meets
+        load_optimizer_state_of_a_two_rank_owner(fresh, plain)
+    shards = sorted(p.name for p in (tmp_path / "full" / f"checkpoint-{worker.SAVE_AT}").glob("shampoo-shard-*"))
+    assert shards == ["shampoo-shard-00000-of-00002.pt", "shampoo-shard-00001-of-00002.pt"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # one process, the same global batch: re-sharded state, the same steps up to rounding of the mean
+        one = worker.train(tmp_path / "one", 1, resume=tmp_path / "full" / f"checkpoint-{worker.SAVE_AT}")
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(one, ranks[0]["full"]))

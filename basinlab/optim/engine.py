@@ -325,7 +325,7 @@ class BucketedOptimizer(torch.optim.Optimizer):
         self._refuse_flat_partitions([group])
 
     def _refuse_flat_partitions(self, groups: list[dict[str, Any]]) -> None:
-        """DeepSpeed ZeRO >= 1 swaps our parameters for flat 1-D partitions: refuse, loudly.
+        """DeepSpeed ZeRO >= 1 and FSDP1 swap our parameters for flat 1-D partitions: refuse, loudly.
 
         The shapes are kept in the group dict itself: ZeRO keeps the dicts but swaps their
         "params", and at stages 1-2 steps one group at a time. ZeRO-3 partitioned
@@ -339,8 +339,9 @@ class BucketedOptimizer(torch.optim.Optimizer):
             if partitioned or flattened:
                 raise RuntimeError(
                     f"{self.name}: its parameters were replaced by flat 1-D partitions, as DeepSpeed ZeRO stage >= 1 "
-                    "does; Kronecker factors of flat slices are meaningless. Use ZeRO stage 0: the distributed "
-                    f"{self.name} already shards its own state across data-parallel ranks"
+                    "and FSDP1 do; Kronecker factors of flat slices are meaningless. Use ZeRO stage 0 or FSDP2 "
+                    f"(fully_shard; Accelerate fsdp_version: 2): the distributed {self.name} already shards its own "
+                    "state across data-parallel ranks"
                 )
 
     def sharding(self) -> dict[str, Any] | None:
