@@ -16,10 +16,11 @@ Per unit:
 - Each domain's Trainer seeds its data order, masking and dropout from (seed, domain), so
   a run resumed from a domain checkpoint continues exactly as if never interrupted.
 - After each domain, a checkpoint (model, optimizer, evaluation records, training curve and
-  how many metrics lines the unit had written) in ``checkpoints/<unit>/``; Shampoo's, SOAP's
-  and Muon's state is saved shard by shard (distributed, they keep different blocks on every
-  rank). An interruption loses at most one domain; the run directory keeps the unit's log up
-  to its checkpoint, so nothing is replayed.
+  how many metrics lines the unit had written) in ``checkpoints/<unit>/domain-NNN/``; with
+  ``train.save_steps`` also the domain's Trainer's own checkpoints inside it
+  (``checkpoint-<step>/``), which resume the domain at that step. Shampoo's, SOAP's and Muon's
+  state is saved shard by shard (distributed, they keep different blocks on every rank). The
+  run directory keeps the unit's log up to its checkpoint, so nothing is replayed.
 """
 
 from __future__ import annotations
