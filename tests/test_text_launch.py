@@ -58,17 +58,29 @@ def single_process_run(tmp_path_factory):
     return tmp_path / "out"
 
 
-def test_accelerate_launch_two_cpu_ranks(tmp_path, single_process_run):
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    result = subprocess.run(
-        [accelerate, "launch", "--config_file", ROOT / "configs/accelerate/cpu_2proc.yaml",
-         "-m", "basinlab", "run", write_config(tmp_path), "--output", tmp_path / "out"],
-        env={**ONE_THREAD, "ACCELERATE_USE_CPU": "true"},
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    check_two_rank_run(tmp_path / "out", single_process_run)
+ACCELERATE = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+SAVES = {"save_steps": 2}  # checkpoints inside each domain too
+
+
+def accelerate_run(config: Path, output: Path, *extra, **kwargs) -> subprocess.Popen:
+    command = [ACCELERATE, "launch", "--config_file", ROOT / "configs/accelerate/cpu_2proc.yaml",
+               "-m", "basinlab", "run", config, "--output", output, *extra]
+    env = {**ONE_THREAD, "ACCELERATE_USE_CPU": "true"}
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory):
+    """The text recipe under `accelerate launch` on 2 CPU ranks, saving inside domains."""
+    tmp_path = tmp_path_factory.mktemp("two")
+    config = write_config(tmp_path, train=SAVES)
+    process = accelerate_run(config, tmp_path / "out")
+    assert process.wait() == 0, process.stderr.read()[-3000:]
+    return config, tmp_path / "out"
+
+
+def test_accelerate_launch_two_cpu_ranks(two_rank_run, single_process_run):
+    check_two_rank_run(two_rank_run[1], single_process_run)
 
 
 def test_deepspeed_zero0_under_torchrun(tmp_path, single_process_run):
@@ -87,23 +99,13 @@ def test_deepspeed_zero0_under_torchrun(tmp_path, single_process_run):
     assert summary["units"][1]["arm"] == "shampoo"
 
 
-def test_two_rank_run_killed_mid_domain_resumes_to_the_same_result(tmp_path):
+def test_two_rank_run_killed_mid_domain_resumes_to_the_same_result(tmp_path, two_rank_run):
     """SIGKILL to both ranks right after shampoo's first save inside a domain (train.save_steps), then
     --resume: every rank's optimizer shard, the data position and the RNG come back, so the result is
     the uninterrupted 2-rank run's."""
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    config = write_config(tmp_path, train={"save_steps": 2})
-    env = {**ONE_THREAD, "ACCELERATE_USE_CPU": "true"}
-
-    def launch(output, *extra, **kwargs):
-        command = [accelerate, "launch", "--config_file", ROOT / "configs/accelerate/cpu_2proc.yaml",
-                   "-m", "basinlab", "run", config, "--output", output, *extra]
-        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **kwargs)
-
-    full = launch(tmp_path / "full")
-    assert full.wait() == 0, full.stderr.read()[-3000:]
+    config, full = two_rank_run
     killed = tmp_path / "killed"
-    process = launch(killed, start_new_session=True)  # its own process group: the kill reaches both ranks
+    process = accelerate_run(config, killed, start_new_session=True)  # its own process group: the kill reaches both ranks
     marker = killed / "checkpoints" / "shampoo__seed0" / "domain-001"
     deadline = time.monotonic() + 300
     while not list(marker.glob("checkpoint-*/progress.json")) and process.poll() is None and time.monotonic() < deadline:
@@ -111,9 +113,9 @@ def test_two_rank_run_killed_mid_domain_resumes_to_the_same_result(tmp_path):
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (killed / "units" / "shampoo__seed0.json").exists(), "the kill must come before shampoo finishes"
-    resumed = launch(killed, "--resume")
+    resumed = accelerate_run(config, killed, "--resume")
     assert resumed.wait() == 0, resumed.stderr.read()[-3000:]
-    one, two = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "full", killed))
+    one, two = (json.loads((d / "summary.json").read_text()) for d in (full, killed))
     keys = ("unit", "loss_matrix", "train_loss", "final_representation", "optimizer_state_shards")
     assert [{k: u[k] for k in keys} for u in two["units"]] == [{k: u[k] for k in keys} for u in one["units"]]
 
@@ -123,4 +125,4 @@ def test_two_rank_run_killed_mid_domain_resumes_to_the_same_result(tmp_path):
         return [(l["unit"], l.get("event", l.get("kind")), l.get("label"), l.get("step"), json.dumps(l.get("loss")))
                 for l in lines]
 
-    assert comparable(killed) == comparable(tmp_path / "full")
+    assert comparable(killed) == comparable(full)

@@ -24,10 +24,13 @@ def metrics_lines(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+SAVES = {"save_steps": 2}  # the Trainer also checkpoints inside each domain (the mid-domain resume test needs it)
+
+
 @pytest.fixture(scope="module")
 def finished_text_run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("text_run")
-    return run_experiment(text_config(tmp_path), tmp_path / "out"), tmp_path
+    return run_experiment(text_config(tmp_path, train=SAVES), tmp_path / "out"), tmp_path
 
 
 def test_run_writes_loss_matrices_report_and_plots(finished_text_run):
@@ -85,7 +88,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(finished_text_run, 
             raise KeyboardInterrupt
 
     monkeypatch.setattr(TextUnit, "_save_checkpoint", crash_after_second_domain)
-    config = text_config(tmp_path)
+    config = text_config(tmp_path, train=SAVES)
     output = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         run_experiment(config, output)
@@ -108,11 +111,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(finished_text_run, 
 def test_resume_mid_domain_matches_uninterrupted_run(finished_text_run, monkeypatch):
     """train.save_steps: the Trainer's own checkpoints inside a domain (model, every rank's optimizer
     shard, scheduler, data position, RNG) plus the unit's progress; a run cut after step 4 of the
-    second domain resumes there. (With save_steps each batch's masks come from its position, so the
-    reference is an uninterrupted run with the same setting.)"""
-    _, tmp_path = finished_text_run
-    config = text_config(tmp_path, train={"save_steps": 2})
-    reference_dir = run_experiment(config, tmp_path / "uninterrupted_with_saves")
+    second domain resumes there."""
+    reference_dir, tmp_path = finished_text_run
+    config = text_config(tmp_path, train=SAVES)
     save = TrainingLog.on_save
 
     def crash_after_a_save(self, args, state, control, **kwargs):
