@@ -30,7 +30,8 @@ from basinlab.eval.results import TextUnitResult
 from basinlab.launch.config import config_from_dict
 from basinlab.launch.driver import UnitLog
 from basinlab.launch.rundir import RunDirectory
-from basinlab.launch.text_recipe import TextUnit, load_domains
+from basinlab.launch.text_recipe import load_domains
+from basinlab.launch.text_unit import TextUnit
 from basinlab.optim.checkpoint import unwrap_optimizer
 from basinlab.models import build_bert_mlm
 

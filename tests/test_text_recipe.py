@@ -12,7 +12,7 @@ from basinlab.launch.config import config_from_dict
 from basinlab.launch.rundir import RunDirectory
 from basinlab.eval.results import TextUnitResult
 from basinlab.launch.driver import run_experiment, write_report
-from basinlab.launch.text_recipe import TextUnit, TrainingLog
+from basinlab.launch.text_unit import TextUnit, TrainingLog
 
 
 
