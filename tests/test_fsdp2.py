@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "workers" / "fsdp2_optimizers.py"
 
 
-def _load_worker():
-    spec = importlib.util.spec_from_file_location("fsdp2_worker", WORKER)
+def _load_worker(path: Path = WORKER):
+    spec = importlib.util.spec_from_file_location(f"{path.stem}_worker", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -94,9 +94,7 @@ def test_hf_trainer_checkpoints_keep_every_ranks_shampoo_state(tmp_path):
     """Under DDP the Trainer saves the optimizer from rank 0 only; with ShardedOptimizerCheckpoints every
     rank saves its buckets, a 2-rank resume is bitwise, and one process resumes the 2-rank checkpoint."""
     worker_path = ROOT / "tests" / "workers" / "hf_trainer_checkpoints.py"
-    spec = importlib.util.spec_from_file_location("hf_trainer_checkpoints_worker", worker_path)
-    worker = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(worker)
+    worker = _load_worker(worker_path)
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(worker_path), str(tmp_path)],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
