@@ -41,7 +41,7 @@ class UnitLog:
         self.run = run
         self.unit = unit_id(arm.label, seed)
         self.fields = {"unit": self.unit, "arm": arm.label, "seed": seed}
-        self.lines = run.count_lines(self.unit) if run is not None else 0
+        self.lines = run.checkpointed_lines(self.unit) if run is not None else 0  # what opening the run kept
         self.tracker = None
         if run is not None and log_with == "tensorboard":
             self.tracker = TensorBoardTracker(self.unit, run.tensorboard_dir)  # what accelerator.init_trackers builds

@@ -180,12 +180,6 @@ class RunDirectory:
         if self.checkpoints_dir.exists() and not any(self.checkpoints_dir.iterdir()):
             self.checkpoints_dir.rmdir()
 
-    def count_lines(self, unit: str) -> int:
-        """Metrics lines ``unit`` has in metrics.jsonl (where a resumed unit's count starts)."""
-        if not self.metrics_path.exists():
-            return 0
-        return sum(1 for line in self.metrics_path.read_text().splitlines() if json.loads(line).get("unit") == unit)
-
     # ------------------------------------------------------------------ config
 
     def read_config(self) -> dict[str, Any]:
