@@ -26,9 +26,6 @@ import copy
 import json
 import os
 import statistics
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
@@ -37,6 +34,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from optimizer_step import LR, WARMUP, bert_workload, state_bytes, train_steps  # noqa: E402
+from self_launch import launch, parse_arguments  # noqa: E402
 
 
 def root_time_ms(model, optimizer, loss_fn) -> float:
@@ -86,29 +84,8 @@ def worker(args: argparse.Namespace) -> None:
     dist.destroy_process_group()
 
 
-def launch(world_size: int, args: argparse.Namespace) -> list[dict]:
-    with tempfile.TemporaryDirectory() as tmp:
-        output = Path(tmp) / "rows.json"
-        command = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world_size), __file__, "--worker",
-            "--output", str(output), "--frequency", str(args.frequency), "--windows", str(args.windows),
-            "--threads", str(args.threads),
-        ]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-        subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
-        return json.loads(output.read_text())
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frequency", type=int, default=10, help="Shampoo precondition_frequency (default 10)")
-    parser.add_argument("--windows", type=int, default=3, help="timing windows per optimizer (default 3)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--output", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.frequency < 1 or args.windows < 1 or args.threads < 1:
-        parser.error("--frequency, --windows and --threads must be positive")
+    args = parse_arguments(__doc__.splitlines()[0], "optimizer")
     if args.worker:
         worker(args)
         return
@@ -117,7 +94,7 @@ def main() -> None:
         f"Shampoo defaults (max_preconditioner_dim 1024) with precondition_frequency={args.frequency}",
         flush=True,
     )
-    results = {world: launch(world, args) for world in (1, 2)}
+    results = {world: launch(__file__, world, args) for world in (1, 2)}
     header = f"{'world':>5} {'rank':>4} {'shampoo MB':>10} {'adamw MB':>8} {'root ms':>8} {'adamw ms':>9} {'shampoo ms':>10} {'ratio':>6}"
     print("\n" + header + "\n" + "-" * len(header))
     for world, rows in results.items():

@@ -17,17 +17,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from optimizer_step import LR, WARMUP, bert_workload, state_bytes, train_steps
+from self_launch import launch, parse_arguments
 
 
 def local_bytes(tensors) -> int:
@@ -81,28 +78,13 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frequency", type=int, default=10, help="Shampoo precondition_frequency (default 10)")
-    parser.add_argument("--windows", type=int, default=3, help="timing windows per layout (default 3)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per rank (default 1)")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--output", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.frequency < 1 or args.windows < 1 or args.threads < 1:
-        parser.error("--frequency, --windows and --threads must be positive")
+    args = parse_arguments(__doc__.splitlines()[0], "layout")
     if args.worker:
         worker(args)
         return
     print(f"BERT-mini MLM, Shampoo (f={args.frequency}), world size 2 (gloo, CPU), batch 16 x 128 per rank, "
           f"{args.threads} torch thread(s) per rank", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        output = Path(tmp) / "rows.json"
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", __file__, "--worker",
-                   "--output", str(output), "--frequency", str(args.frequency), "--windows", str(args.windows),
-                   "--threads", str(args.threads)]
-        subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)},
-                       stdout=subprocess.DEVNULL)
-        rows = json.loads(output.read_text())
+    rows = launch(__file__, 2, args)
     header = f"{'layout':>6} {'rank':>4} {'params MB':>9} {'grads MB':>8} {'state MB':>8} {'total MB':>8} {'step ms':>8}"
     print("\n" + header + "\n" + "-" * len(header))
     totals = {}
