@@ -9,16 +9,9 @@ import shutil
 import pytest
 
 from basinlab.data import text as text_module
-from basinlab.data.text import (
-    TEXT_DOMAINS,
-    dedup_key,
-    domain_dir,
-    load_domain_spec,
-    load_text_domain,
-    prepare_text,
-    split_documents,
-    strip_wiki_markup,
-)
+from basinlab.data.cleaning import MIN_WORDS, dedup_key, split_documents
+from basinlab.data.text import TEXT_DOMAINS, domain_dir, load_text_domain, prepare_text
+from basinlab.data.text_sources import SOURCES, strip_wiki_markup
 from basinlab.data.tokenizer import load_tokenizer, train_wordpiece, unk_rate
 from basinlab.errors import UserError
 from basinlab.launch import cli
@@ -68,7 +61,7 @@ def test_five_real_domains(text_cache, domains):
         assert manifest["splits"]["train"]["tokens"] > 100_000, name
     for name in ("news", "legal", "reviews", "encyclopedia"):
         source = manifests[name]["source"]
-        assert source["sha256"] == text_module.SOURCES[name].sha256 and source["wheel"].endswith(".whl")
+        assert source["sha256"] == SOURCES[name].sha256 and source["wheel"].endswith(".whl")
     assert manifests["code"]["source"]["package"] == "python-stdlib"
     assert any("def " in doc and "\n    " in doc for doc in domains["code"]["train"]["text"][:50])
     encyclopedia = " ".join(domains["encyclopedia"]["train"]["text"])
@@ -83,7 +76,7 @@ def test_no_duplicates_and_disjoint_splits(domains):
         keys = [dedup_key(doc) for doc in train + validation]
         assert len(keys) == len(set(keys)), name
         assert not set(train) & set(validation), name
-        assert all(doc.strip() == doc and len(doc.split()) >= text_module.MIN_WORDS for doc in train + validation)
+        assert all(doc.strip() == doc and len(doc.split()) >= MIN_WORDS for doc in train + validation)
 
 
 def test_manifest_matches_data(text_cache, domains):
@@ -155,8 +148,8 @@ def test_missing_source_gives_one_line_error(no_package_index, tmp_path):
 
 
 def test_wrong_member_hash_is_refused(monkeypatch, tmp_path):
-    source = text_module.SOURCES["legal"]
-    monkeypatch.setitem(text_module.SOURCES, "legal", source.__class__(**{**source.__dict__, "sha256": "0" * 64}))
+    source = SOURCES["legal"]
+    monkeypatch.setitem(SOURCES, "legal", source.__class__(**{**source.__dict__, "sha256": "0" * 64}))
     with pytest.raises(UserError, match="has sha256 c7398737") as info:
         prepare_text(tmp_path, ["legal"])
     assert "\n" not in str(info.value)
@@ -170,30 +163,6 @@ def test_strip_wiki_markup():
         "== History ==\n* item &amp; more"
     )
     assert strip_wiki_markup(wikitext).split() == ["Anarchism", "is", "a", "philosophy", "seen", "History", "item", "&", "more"]
-
-
-def test_local_files_domain_spec(tmp_path):
-    lines = [f"line {i} of the local corpus here" for i in range(60)]
-    (tmp_path / "a.txt").write_text("\n".join(lines[:30] + ["", "short", lines[0]]) + "\n")
-    (tmp_path / "b.txt").write_text("\n".join(lines[30:]) + "\n")
-    records = [{"body": f"json record {i} with enough words"} for i in range(40)] + [{"body": "json record 0 with enough words"}]
-    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in records))
-    (tmp_path / "d.json").write_text(json.dumps(records[:10]))
-
-    text = load_domain_spec({"name": "mine", "local_files": [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]})
-    assert sorted([*text["train"]["text"], *text["validation"]["text"]]) == sorted(lines)
-    assert len(text["validation"]) == 3
-    jsonl = load_domain_spec({"name": "j", "local_files": [tmp_path / "c.jsonl", tmp_path / "d.json"],
-                              "format": "json", "text_field": "body"})
-    assert len(jsonl["train"]) + len(jsonl["validation"]) == 40
-    paragraphs = load_domain_spec({"name": "p", "local_files": [tmp_path / "a.txt"], "sample_by": "paragraph"})
-    assert (len(paragraphs["train"]), len(paragraphs["validation"])) == (1, 1)  # two paragraphs
-    with pytest.raises(UserError, match="no string field 'text'"):
-        load_domain_spec({"name": "j", "local_files": [tmp_path / "c.jsonl"], "format": "json"})
-    with pytest.raises(UserError, match="missing.txt. does not exist"):
-        load_domain_spec({"name": "x", "local_files": [tmp_path / "missing.txt"]})
-    with pytest.raises(UserError, match="unknown key"):
-        load_domain_spec({"name": "x", "local_file": "typo.txt"})
 
 
 def test_tokenizer_trains_caches_and_covers_every_domain(tokenizer, domains, tokenizer_dir, caplog):

@@ -4,6 +4,7 @@ import random
 
 STEPS = 8
 DOMAINS = ("alpha", "beta", "gamma")
+VALIDATION_FRACTION = 0.2  # of 80 documents: enough validation text for 8 evaluation sequences
 
 
 def write_domain(folder, name: str, seed: int) -> str:
@@ -29,7 +30,8 @@ def tiny_text_config(tmp_path, **sections) -> dict:
         "seeds": [0],
         "log_with": "none",
         "data": {
-            "domains": [{"name": d, "local_files": [write_domain(files, d, i)]} for i, d in enumerate(DOMAINS)],
+            "domains": [{"name": d, "local_files": [write_domain(files, d, i)], "validation_fraction": VALIDATION_FRACTION}
+                        for i, d in enumerate(DOMAINS)],
             "max_length": 32,
             "vocab_size": 1000,
             "eval_sequences": 8,

@@ -1,105 +1,88 @@
-"""Text domains as packed token sequences for masked-language-model training and evaluation.
+"""A text domain's sequences for masked-language-model training and evaluation, and the masking
+collator whose masks are a function of each sequence's position in the domain.
 
-Documents are tokenized, joined with [SEP] between them and cut into sequences of exactly
-``max_length`` tokens, each ``[CLS] ... [SEP]`` (BERT pre-training style: no padding, every
-position trains). The tail that does not fill a sequence is dropped. Packing runs in memory
-on every process (a few seconds for the built-in domains), so no rank ever waits on a
-cache file another rank is writing. ``ResumableMaskingCollator`` masks each batch from its
-position, so a domain resumed mid-way masks as if never interrupted.
+Training sequences are a packed cache (``basinlab.data.packing``: memory-mapped, read in a
+seeded order by position, ``basinlab.data.positions``) or a stream packed on the fly
+(``basinlab.data.text_stream``). Evaluation and probe sets are the first validation sequences,
+small enough to hold in memory.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import torch
-from transformers import DataCollatorForLanguageModeling
 
 from basinlab.errors import UserError
 
-TOKENIZE_BATCH = 1000  # documents per tokenizer call
-
-
-def pack_sequences(texts: list[str], tokenizer: Any, max_length: int) -> list[list[int]]:
-    """Token ids of ``texts`` packed into ``[CLS] body [SEP]`` sequences of ``max_length`` tokens."""
-    body = max_length - 2
-    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    if cls is None or sep is None:
-        raise UserError("the tokenizer needs [CLS] and [SEP] tokens to pack BERT sequences; use a BERT-style tokenizer")
-    stream: list[int] = []
-    for start in range(0, len(texts), TOKENIZE_BATCH):
-        for ids in tokenizer(texts[start:start + TOKENIZE_BATCH], add_special_tokens=False)["input_ids"]:
-            if ids:
-                stream.extend(ids)
-                stream.append(sep)
-    return [[cls, *stream[i:i + body], sep] for i in range(0, len(stream) - body + 1, body)]
+RANDOM_SHARE = 0.5  # of the chosen tokens not turned into [MASK] (20 %), half become a random token
 
 
 @dataclass
 class DomainSequences:
-    """One domain's training sequences, evaluation sequences and probe sequences (a prefix of them)."""
+    """One domain's training sequences (a packed ``datasets.Dataset``, or the spec of a stream),
+    its evaluation sequences and its probe sequences (a prefix of them)."""
 
     name: str
-    train: Any  # datasets.Dataset with input_ids
+    train: Any
     eval: Any
     probe: Any
+    stream: Mapping[str, Any] | None = None  # the domain spec when train is streamed
+    train_sequences: int | None = None  # training sequences available (None: an unbounded stream)
 
 
-def domain_sequences(
-    name: str,
-    splits: Any,
-    tokenizer: Any,
-    max_length: int,
-    eval_sequences: int,
-    probe_sequences: int,
-    max_train_sequences: int | None = None,
-) -> DomainSequences:
-    """Pack a domain's train and validation splits; evaluation takes the first ``eval_sequences``
-    validation sequences (fewer if the split is smaller) and the probes the first ``probe_sequences``."""
+def evaluation_sets(name: str, validation: Any, eval_sequences: int, probe_sequences: int) -> tuple[Any, Any]:
+    """(eval, probe): the first ``eval_sequences`` validation sequences (fewer if the split is smaller) and
+    the first ``probe_sequences`` of those, as small in-memory datasets."""
     import datasets
 
-    train = pack_sequences(list(splits["train"]["text"]), tokenizer, max_length)
-    validation = pack_sequences(list(splits["validation"]["text"]), tokenizer, max_length)
-    if max_train_sequences is not None:
-        train = train[:max_train_sequences]
-    if not train:
+    rows = [list(map(int, row)) for row in validation[: min(eval_sequences, len(validation))]["input_ids"]]
+    if len(rows) < probe_sequences:
+        raise UserError(
+            f"text domain {name!r}: its validation split gives {len(rows)} sequences, fewer than "
+            f"data.probe_sequences={probe_sequences}; lower data.probe_sequences or data.max_length, raise the domain's validation_fraction or add text"
+        )
+    return datasets.Dataset.from_dict({"input_ids": rows}), datasets.Dataset.from_dict({"input_ids": rows[:probe_sequences]})
+
+
+def train_prefix(name: str, train: Any, max_sequences: int | None, max_length: int) -> Any:
+    """The training sequences, cut to ``max_sequences``; an error if the domain fills none."""
+    if max_sequences is not None and max_sequences < len(train):
+        train = train.select(range(max_sequences))
+    if len(train) == 0:
         raise UserError(f"text domain {name!r}: its train split fills no sequence of {max_length} tokens; "
                         "add text or lower data.max_length")
-    if len(validation) < probe_sequences:
-        raise UserError(
-            f"text domain {name!r}: its validation split gives {len(validation)} sequences of {max_length} tokens, "
-            f"fewer than data.probe_sequences={probe_sequences}; lower data.probe_sequences or data.max_length"
-        )
-    evaluation = validation[:eval_sequences]
-
-    def as_dataset(rows: list[list[int]]):
-        return datasets.Dataset.from_dict({"input_ids": rows})
-
-    return DomainSequences(name, as_dataset(train), as_dataset(evaluation), as_dataset(evaluation[:probe_sequences]))
+    return train
 
 
-class ResumableMaskingCollator(DataCollatorForLanguageModeling):
-    """BERT masking whose random draws for batch i come from a generator seeded by (seed, i).
+class PositionMaskingCollator:
+    """BERT masking (chosen with ``mlm_probability``: 80 % [MASK], 10 % random token, 10 % kept; special
+    tokens never) whose draws for a sequence come from a generator seeded by (seed, its position).
 
-    The usual collator draws from one running generator, and the Trainer's data loader collates
-    a batch ahead of the step it trains, so a checkpoint's RNG state already includes the next
-    batch's masks: a resumed run masks differently. Seeding each batch by its index makes the
-    masks a function of the position alone; ``first_batch`` is where a resumed domain starts.
-    Batches are counted per loader worker (each worker collates every ``num_workers``-th batch).
+    The masks are then a function of the data position alone: the same whatever the world size, the
+    number of loader workers, or where a run was interrupted and resumed (a running generator would
+    not be: the Trainer collates a batch ahead of the step it trains, so a checkpoint's RNG state
+    already holds the next batch's masks).
     """
 
-    def __init__(self, tokenizer: Any, mlm_probability: float, seed: int, first_batch: int = 0):
-        super().__init__(tokenizer, mlm_probability=mlm_probability, seed=seed)
-        self.first_batch = first_batch
-        self.collated = 0
+    def __init__(self, tokenizer: Any, mlm_probability: float, seed: int):
+        self.mask_id, self.vocab = tokenizer.mask_token_id, len(tokenizer)
+        self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+        self.probability, self.seed = float(mlm_probability), int(seed)
 
-    def torch_call(self, examples: list) -> dict[str, Any]:
-        worker = torch.utils.data.get_worker_info()
-        workers, worker_id = (worker.num_workers, worker.id) if worker else (1, 0)
-        index = self.first_batch + self.collated * workers + worker_id
-        self.collated += 1
-        self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        self._generator_pid = os.getpid()
-        return super().torch_call(examples)
+    def __call__(self, examples: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        input_ids = torch.stack([torch.as_tensor(example["input_ids"], dtype=torch.long) for example in examples])
+        draws, replacements = [], []
+        for example in examples:
+            generator = torch.Generator().manual_seed((self.seed * 1_000_003 + int(example["position"])) % 2**63)
+            draws.append(torch.rand(3, input_ids.shape[1], generator=generator))
+            replacements.append(torch.randint(self.vocab, (input_ids.shape[1],), generator=generator))
+        draw, random_ids = torch.stack(draws, dim=1), torch.stack(replacements)
+        chosen = (draw[0] < self.probability) & ~torch.isin(input_ids, self.special)
+        masked = chosen & (draw[1] < 0.8)
+        randomized = chosen & ~masked & (draw[2] < RANDOM_SHARE)
+        labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+        inputs = torch.where(masked, torch.full_like(input_ids, self.mask_id), input_ids)
+        inputs = torch.where(randomized, random_ids, inputs)
+        return {"input_ids": inputs, "attention_mask": torch.ones_like(inputs), "labels": labels}

@@ -41,12 +41,17 @@ def _train_texts(domains_datasets: Any) -> list[Any]:
     return trains
 
 
-def tokenizer_key(domains_datasets: Any, vocab_size: int, lowercase: bool = True) -> str:
-    """Hex key of (each domain's content hash, vocab size, casing, recipe), independent of domain order."""
-    hashes = sorted(
-        content_sha256({split: list(dd[split]["text"]) if split in dd else [] for split in ("train", "validation")})
-        for dd in _train_texts(domains_datasets)
-    )
+def tokenizer_key(domains_datasets: Any, vocab_size: int, lowercase: bool = True, fingerprints: Iterable[str] | None = None) -> str:
+    """Hex key of (each domain's fingerprint, vocab size, casing, recipe), independent of domain order.
+
+    ``fingerprints`` name the domains' sources without reading them (large corpora); without them
+    each domain's content is hashed, which reads it into memory (small domains only)."""
+    if fingerprints is None:
+        fingerprints = [
+            content_sha256({split: list(dd[split]["text"]) if split in dd else [] for split in ("train", "validation")})
+            for dd in _train_texts(domains_datasets)
+        ]
+    hashes = sorted(fingerprints)
     payload = json.dumps({"domains": hashes, "vocab_size": vocab_size, "lowercase": lowercase,
                           "special_tokens": SPECIAL_TOKENS, "recipe": RECIPE_VERSION})
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
@@ -58,14 +63,16 @@ def train_wordpiece(
     cache_dir: str | os.PathLike | None = None,
     lowercase: bool = True,
     batch_size: int = 1000,
+    fingerprints: Iterable[str] | None = None,
 ):
-    """Train (or reuse from ``<cache>/tokenizers/<key>/``) a WordPiece ``BertTokenizerFast``."""
+    """Train (or reuse from ``<cache>/tokenizers/<key>/``) a WordPiece ``BertTokenizerFast`` on the
+    domains' train splits, read batch by batch (see ``tokenizer_key`` for ``fingerprints``)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     if vocab_size < len(SPECIAL_TOKENS) + 100:
         raise UserError(f"vocab_size {vocab_size} is too small; use at least a few thousand (e.g. 8192)")
     root = cache_root(cache_dir) / "tokenizers"
-    folder = root / tokenizer_key(domains_datasets, vocab_size, lowercase)
+    folder = root / tokenizer_key(domains_datasets, vocab_size, lowercase, fingerprints)
     if (folder / _DONE).exists():
         logger.info("reusing the tokenizer in %s", folder)
         return load_tokenizer(folder)

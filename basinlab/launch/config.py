@@ -29,7 +29,7 @@ from typing import Any, Optional
 import torch
 import yaml
 
-from basinlab.data.text import read_utf8
+from basinlab.data.corpus_spec import read_utf8
 from basinlab.errors import UserError
 from basinlab.launch.config_checks import check_finite, check_label, check_like_default, coerce, one_line, require, section
 from basinlab.launch.recipes import config_class

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from basinlab.data.cache import check_cache_dir
-from basinlab.data.text import TEXT_DOMAINS, check_domain_spec, domain_name
+from basinlab.data.corpus_spec import check_domain_spec, domain_name
+from basinlab.data.text_sources import TEXT_DOMAINS
 from basinlab.data.tokenizer import check_tokenizer_dir
 from basinlab.errors import UserError
 from basinlab.launch.config import ExperimentConfig
@@ -29,6 +30,7 @@ class TextDataConfig:
     eval_sequences: int = 256  # validation sequences per domain for the loss matrix
     probe_sequences: int = 64  # of those, the fixed probe set for representation metrics
     cache_dir: Optional[str] = None  # default: $BASINLAB_CACHE or ~/.cache/basinlab
+    num_proc: Optional[int] = None  # processes that clean and tokenize a cached domain (default: CPUs, at most 8)
 
     def check(self) -> None:
         require(len(self.domains) >= 1, "data.domains", "must list at least one domain")
@@ -48,6 +50,11 @@ class TextDataConfig:
             keyed("data.tokenizer", check_tokenizer_dir, self.tokenizer)
         if self.cache_dir is not None:
             keyed("data.cache_dir", check_cache_dir, self.cache_dir)
+        if self.num_proc is not None:
+            require(self.num_proc >= 1, "data.num_proc", "must be >= 1 or null")
+
+    def streamed(self) -> list[str]:
+        return [entry["name"] for entry in self.domains if isinstance(entry, dict) and entry.get("streaming")]
 
     def domain_names(self) -> list[str]:
         return [domain_name(entry) for entry in self.domains]
@@ -163,6 +170,13 @@ class TextRunConfig(ExperimentConfig):
         self.data.check()
         self.model.check()
         self.train.check()
+        streamed = self.data.streamed()
+        require(
+            not (streamed and self.train.dataloader_num_workers),
+            "train.dataloader_num_workers",
+            f"must be 0 with streamed domains ({', '.join(streamed)}): a stream is read, and its position kept, in the "
+            "training process",
+        )
         for optimizer in self.arms:
             require(
                 not optimizer.model and not optimizer.l1_penalty and optimizer.then is None,

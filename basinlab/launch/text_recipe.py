@@ -15,15 +15,13 @@ from tqdm.auto import tqdm
 from transformers import TrainingArguments
 
 from basinlab import ranks
-from basinlab.data.mlm import DomainSequences, domain_sequences
-from basinlab.data.text import load_domain_spec, load_text_domain
-from basinlab.data.tokenizer import load_tokenizer, train_wordpiece
 from basinlab.eval.plots import write_text_plots
 from basinlab.eval.report import render_text_report
 from basinlab.eval.results import TextUnitResult
 from basinlab.eval.text_summary import build_text_summary
 from basinlab.launch.config import ArmConfig
 from basinlab.launch.text_config import TextRunConfig
+from basinlab.launch.text_domains import load_domains
 from basinlab.launch.driver import UnitLog
 from basinlab.launch.rundir import RunDirectory
 from basinlab.launch.text_unit import TextUnit
@@ -51,26 +49,6 @@ def process_setup(config: TextRunConfig) -> dict[str, Any]:
     return {"accelerator_config": {"use_configured_state": True}}
 
 
-def load_domains(config: TextRunConfig, tokenizer: Any | None = None) -> tuple[Any, list[DomainSequences]]:
-    """The tokenizer (trained on the union of train splits unless given) and every domain's sequences."""
-    data = config.data
-    splits = {}
-    for entry in data.domains:
-        if isinstance(entry, str):
-            splits[entry] = load_text_domain(entry, cache_dir=data.cache_dir)
-        else:
-            splits[entry["name"]] = load_domain_spec({"cache_dir": data.cache_dir, **entry})
-    if tokenizer is None:
-        tokenizer = load_tokenizer(data.tokenizer) if data.tokenizer else train_wordpiece(splits, data.vocab_size, data.cache_dir)
-    domains = [
-        domain_sequences(
-            name, dataset, tokenizer, data.max_length, data.eval_sequences, data.probe_sequences, data.max_train_sequences
-        )
-        for name, dataset in splits.items()
-    ]
-    return tokenizer, domains
-
-
 class TextRecipe:
     """Masked-LM pre-training over text domains, one (arm, seed) unit at a time."""
 
@@ -93,8 +71,9 @@ class TextRecipe:
         with ranks.main_process_first():
             self.tokenizer, self.domains = load_domains(self.config)
         for domain in self.domains:
-            logger.info("domain %s: %d train / %d eval / %d probe sequences of %d tokens", domain.name,
-                        len(domain.train), len(domain.eval), len(domain.probe), self.config.data.max_length)
+            train = "streamed" if domain.train_sequences is None else f"{domain.train_sequences}"
+            logger.info("domain %s: %s train / %d eval / %d probe sequences of %d tokens", domain.name,
+                        train, len(domain.eval), len(domain.probe), self.config.data.max_length)
 
     def hparams(self, arm: ArmConfig, seed: int) -> dict[str, Any]:
         flat = {"seed": seed, "optimizer": arm.name}

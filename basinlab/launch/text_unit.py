@@ -7,8 +7,9 @@ on the Hugging Face Trainer (one Trainer per domain), with its checkpoints and r
   schedule should restart with each domain). The first Trainer builds the optimizer from
   ``optimizer_cls_and_kwargs``; later ones train with the same optimizer object, so its
   state (moments, Shampoo's factors) carries over unless ``reset_optimizer_per_domain``.
-- Each domain's Trainer seeds its data order, masking and dropout from (seed, domain), so
-  a run resumed from a domain checkpoint continues exactly as if never interrupted.
+- Each domain's Trainer seeds its data order, masking and dropout from (seed, domain); the data
+  is read by position (``basinlab.launch.text_loader``), so a run resumed from a checkpoint,
+  between domains or inside one, continues exactly as if never interrupted.
 - After each domain, a checkpoint (model, optimizer, evaluation records, training curve and
   how many metrics lines the unit had written) in ``checkpoints/<unit>/domain-NNN/``; with
   ``train.save_steps`` also the domain's Trainer's own checkpoints inside it
@@ -29,11 +30,11 @@ from typing import Any, Callable
 
 import torch
 from accelerate.state import AcceleratorState
-from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from basinlab import ranks
 from basinlab.atomic import atomic_write, atomic_write_json
-from basinlab.data.mlm import DomainSequences, ResumableMaskingCollator
+from basinlab.data.mlm import DomainSequences
 from basinlab.errors import UserError
 from basinlab.eval.callbacks import INITIAL, DomainEvaluationCallback
 from basinlab.eval.results import TextUnitResult
@@ -41,6 +42,7 @@ from basinlab.launch.config import ArmConfig
 from basinlab.launch.text_config import TextRunConfig
 from basinlab.launch.driver import UnitLog
 from basinlab.launch.hf_checkpoints import ShardedOptimizerCheckpoints
+from basinlab.launch.text_loader import DomainData
 from basinlab.launch.rundir import PROGRESS, RunDirectory
 from basinlab.models import build_bert_mlm
 from basinlab.optim.checkpoint import load_optimizer_state, save_optimizer_state, state_shards, unwrap_optimizer
@@ -50,16 +52,22 @@ logger = logging.getLogger(__name__)
 
 
 class DomainTrainer(ShardedOptimizerCheckpoints, Trainer):
-    """A Trainer that trains with the optimizer carried over from the previous domain, if any.
+    """A Trainer that trains with the optimizer carried over from the previous domain, if any, on
+    the domain's own loader (``DomainData``: this rank's sequences from a resumable position).
 
     ``restore_optimizer`` (resume) loads a checkpoint into the optimizer it builds; its own
     mid-domain checkpoints keep every rank's optimizer shard (ShardedOptimizerCheckpoints).
     """
 
-    def __init__(self, *args: Any, carried_optimizer=None, restore_optimizer: Callable | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, data: DomainData, carried_optimizer=None, restore_optimizer: Callable | None = None,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.data = data
         self.carried_optimizer = carried_optimizer
         self.restore_optimizer = restore_optimizer
+
+    def get_train_dataloader(self):
+        return self.data.loader()
 
     def create_optimizer(self, model=None):
         if self.optimizer is None and self.carried_optimizer is not None:
@@ -81,9 +89,10 @@ class TrainingLog(TrainerCallback):
     """Training loss, learning rate and tokens/s of every logging step, under a step count that
     runs on across domains; checks that a carried optimizer still owns the model's parameters."""
 
-    def __init__(self, unit: "TextUnit", index: int, step_offset: int, check_carried: bool):
+    def __init__(self, unit: "TextUnit", index: int, step_offset: int, check_carried: bool, data: DomainData):
         self.unit = unit
         self.index = index
+        self.data = data
         self.domain = unit.domains[index].name
         self.step_offset = step_offset
         self.check_carried = check_carried
@@ -115,7 +124,7 @@ class TrainingLog(TrainerCallback):
         if state.global_step >= self.unit.config.train.steps_per_domain:
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        self.unit.save_progress(folder, self.index, state.global_step)
+        self.unit.save_progress(folder, self.index, state.global_step, self.data.save(folder, state.global_step))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
@@ -229,7 +238,7 @@ class TextUnit:
             data_seed=domain_seed,
             use_cpu=not torch.cuda.is_available(),
             average_tokens_across_devices=False,  # else the logged loss is multiplied by the world size under DDP
-            dataloader_drop_last=True,
+            ignore_data_skip=True,  # the domain's loader starts at the checkpoint's position itself
             dataloader_num_workers=train.dataloader_num_workers,
             disable_tqdm=not ranks.is_main_process(),
             deepspeed=train.deepspeed,
@@ -237,11 +246,13 @@ class TextUnit:
         )
 
     def domain_trainer(
-        self, index: int, carried=None, restore: Callable | None = None, first_batch: int = 0
+        self, index: int, carried=None, restore: Callable | None = None, position: dict | None = None, first_step: int = 0
     ) -> tuple[DomainTrainer, TrainingLog]:
-        """The Trainer of domain ``index`` with this unit's callbacks, and its TrainingLog."""
+        """The Trainer of domain ``index`` (its data from ``position``, reached after ``first_step`` optimizer
+        steps) with this unit's callbacks, and its TrainingLog."""
         optimizer_cls, kwargs, _ = self._options()
-        log = TrainingLog(self, index, index * self.config.train.steps_per_domain, carried is not None)
+        data = DomainData(self.domains[index], self.config, self.seed * 1000 + index, self.tokenizer, position, first_step)
+        log = TrainingLog(self, index, index * self.config.train.steps_per_domain, carried is not None, data)
         if self.config.train.deepspeed:
             # Accelerate refuses a DeepSpeed plugin for a second Accelerator in one process, but every
             # domain's Trainer builds one: drop the accelerator state (the process group stays).
@@ -249,8 +260,9 @@ class TextUnit:
         trainer = DomainTrainer(
             model=self.model,
             args=self.training_arguments(index),
-            train_dataset=self.domains[index].train,
-            data_collator=self.collator(index, first_batch),
+            train_dataset=data.stream if data.stream is not None else self.domains[index].train,
+            data_collator=data.collator(),
+            data=data,
             optimizer_cls_and_kwargs=(optimizer_cls, kwargs),
             callbacks=[log, self.callback],
             carried_optimizer=carried,
@@ -258,20 +270,12 @@ class TextUnit:
         )
         return trainer, log
 
-    def collator(self, index: int = 0, first_batch: int = 0) -> DataCollatorForLanguageModeling:
-        """The masking collator of domain ``index``: with train.save_steps one that masks each batch from
-        its position (so a resumed domain masks the same tokens), else the Trainer's usual one."""
-        probability = self.config.train.mlm_probability
-        if self.config.train.save_steps:
-            return ResumableMaskingCollator(self.tokenizer, probability, seed=self.seed * 1000 + index, first_batch=first_batch)
-        return DataCollatorForLanguageModeling(self.tokenizer, mlm_probability=probability)
-
     def tokens_per_step(self, args: TrainingArguments) -> int:
         return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size * self.config.data.max_length
 
     def train(self) -> TextUnitResult:
         started = time.perf_counter()
-        first, restore, midway, resumed_step = self._resume()
+        first, restore, midway, resumed_step, position = self._resume()
         if first == 0 and midway is None:
             self._log_evaluation(self.callback.evaluate(self.model, INITIAL, step=0), 0)
         carried, optimizer = None, None
@@ -279,9 +283,10 @@ class TextUnit:
         for index in range(first, len(self.domains)):
             domain = self.domains[index]
             resuming = midway is not None and index == first
-            first_batch = resumed_step * self.config.train.gradient_accumulation_steps if resuming else 0
-            trainer, log = self.domain_trainer(index, carried, restore, first_batch)
-            logger.info("%s: domain %d/%d %s (%d train sequences)", self.unit, index + 1, len(self.domains), domain.name, len(domain.train))
+            trainer, log = self.domain_trainer(index, carried, restore, position if resuming else None,
+                                               resumed_step if resuming else 0)
+            logger.info("%s: domain %d/%d %s (%s train sequences)", self.unit, index + 1, len(self.domains), domain.name,
+                        "streamed" if domain.train_sequences is None else domain.train_sequences)
             self.callback.start_domain(domain.name)
             trainer.train(resume_from_checkpoint=str(midway) if resuming else None)
             record = self.callback.records[-1]
@@ -305,10 +310,10 @@ class TextUnit:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def save_progress(self, folder: Path, index: int, step: int) -> None:
+    def save_progress(self, folder: Path, index: int, step: int, data: dict | None = None) -> None:
         """Mark ``folder`` a complete checkpoint at ``step`` of domain ``index`` (every rank calls this,
-        after writing its part): the evaluation records, the training curve and how many metrics lines
-        the unit has written, progress.json last."""
+        after writing its part): the evaluation records, the training curve, how many metrics lines
+        the unit has written and, inside a domain, its data position; progress.json last."""
         ranks.barrier()
         if ranks.is_main_process():
             _save_torch(folder / "callback.pt", self.callback.state_dict())
@@ -317,6 +322,7 @@ class TextUnit:
                 folder / PROGRESS,
                 {
                     "position": [index, step],
+                    "data": data,
                     "completed_domains": index + 1 if complete else index,
                     "metrics_lines": self.log_writer.lines,
                     "domain_stats": self.domain_stats,
@@ -339,12 +345,12 @@ class TextUnit:
                     shutil.rmtree(old, ignore_errors=True)
         ranks.barrier()
 
-    def _resume(self) -> tuple[int, Callable | None, Path | None, int]:
+    def _resume(self) -> tuple[int, Callable | None, Path | None, int, dict | None]:
         """(first domain to train, optimizer loader or None, the Trainer checkpoint to resume that domain
-        from or None, and its step) from the latest complete checkpoint."""
+        from or None, its step and its data position) from the latest complete checkpoint."""
         folder = self.run.latest_checkpoint(self.unit)
         if folder is None:
-            return 0, None, None, 0
+            return 0, None, None, 0, None
         progress = json.loads((folder / PROGRESS).read_text())
         self.callback.load_state_dict(torch.load(folder / "callback.pt", map_location="cpu", weights_only=True))
         self.domain_stats = progress["domain_stats"]
@@ -353,12 +359,12 @@ class TextUnit:
         index, step = progress["position"]
         if first == index:  # inside a domain: the Trainer resumes it (model, optimizer, data position, RNG)
             logger.info("%s: resuming domain %d (%s) at step %d from %s", self.unit, index + 1, self.domains[index].name, step, folder)
-            return index, None, folder, step
+            return index, None, folder, step, DomainData.load_position(folder, progress.get("data"))
         self.model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
         logger.info("%s: resuming after domain %d (%s) from %s", self.unit, first, self.domains[first - 1].name, folder)
         if self.config.train.reset_optimizer_per_domain:
-            return first, None, None, 0
-        return first, lambda optimizer: load_optimizer_state(optimizer, folder), None, 0
+            return first, None, None, 0, None
+        return first, lambda optimizer: load_optimizer_state(optimizer, folder), None, 0, None
 
     # ------------------------------------------------------------------ result
 
@@ -374,7 +380,7 @@ class TextUnit:
             optimizer_state_shards=self.optimizer_state_shards,
             wall_time_s=wall_time,
             **summary,
-            domain_sizes={d.name: {"train": len(d.train), "eval": len(d.eval), "probe": len(d.probe)} for d in self.domains},
+            domain_sizes={d.name: {"train": d.train_sequences, "eval": len(d.eval), "probe": len(d.probe)} for d in self.domains},
             representation_rows=[r["layers"] for r in rows],
             train_loss=self.train_loss,
             tokens_per_second=[s["tokens_per_second"] for s in self.domain_stats],
