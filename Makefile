@@ -29,6 +29,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/fsdp2.py
 	$(BIN)/python benchmarks/sparsity.py
 	$(BIN)/python benchmarks/text_hooks.py
+	$(BIN)/python benchmarks/text_cache.py --megabytes 2 20 100
+	$(BIN)/python benchmarks/text_loader.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,12 +1,12 @@
 """What the text recipe's hooks cost: tokens/s of its Trainer vs a plain HF Trainer.
 
-Both arms train the same BERT (same seed) with the same TrainingArguments, data
+Both arms train the same BERT (same seed) with the same TrainingArguments, data loader
 and optimizer class (AdamW) in this process. "recipe" is the Trainer the text recipe builds
 (``TextUnit.domain_trainer``: the DomainTrainer subclass, the carried optimizer, the
 TrainingLog and DomainEvaluationCallback callbacks, evaluation only at the end of training);
-"plain" is ``transformers.Trainer`` with no callbacks of ours, HF's own sampler and its
-masking collator (the recipe's position-addressed loader and position-seeded masks are part
-of what is measured). A timing callback in both
+"plain" is ``transformers.Trainer`` with no callbacks of ours, fed by the same loader (the
+recipe's position-addressed sampler and position-seeded masks; HF's own sampler and collator
+would make the data path, not the hooks, the difference). A timing callback in both
 reads the clock at the end of the first and of the last optimizer step (after a CUDA
 synchronize on a GPU), so start-up, the first step's lazy state allocation and the
 end-of-domain evaluation are outside the window: the difference is the per-step cost of the
@@ -26,16 +26,28 @@ import tempfile
 import time
 
 import torch
-from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from basinlab.eval.results import TextUnitResult
 from basinlab.launch.config import config_from_dict
 from basinlab.launch.driver import UnitLog
 from basinlab.launch.rundir import RunDirectory
-from basinlab.launch.text_recipe import load_domains
+from basinlab.launch.text_domains import load_domains
+from basinlab.launch.text_loader import DomainData
 from basinlab.launch.text_unit import TextUnit
 from basinlab.optim.checkpoint import unwrap_optimizer
 from basinlab.models import build_bert_mlm
+
+
+class SameData(Trainer):
+    """transformers.Trainer reading the recipe's loader (nothing else of the recipe)."""
+
+    def __init__(self, *args, data: DomainData, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.data = data
+
+    def get_train_dataloader(self):
+        return self.data.loader()
 
 
 class StepClock(TrainerCallback):
@@ -96,11 +108,11 @@ def main() -> None:
 
         def plain_window() -> float:
             clock = StepClock()
-            trainer = Trainer(
+            trainer = SameData(
+                data=DomainData(domains[0], config, 0, tokenizer),
                 model=plain_model,
                 args=unit.training_arguments(0),
                 train_dataset=domains[0].train,
-                data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15),
                 optimizers=(plain_optimizer, None),
                 callbacks=[clock],
             )

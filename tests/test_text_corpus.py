@@ -181,10 +181,10 @@ def test_streamed_domain_packs_the_cached_sequences_and_resumes_from_its_state(t
 
 
 def test_budgeted_stream_starts_over_after_max_tokens(tmp_path, tokenizer):
-    spec = {"name": "mine", "local_files": write_lines(tmp_path / "s.txt", documents(200)), "streaming": True, "max_tokens": 160}
-    stream = iter(StreamedSequences(spec, tokenizer, 16, rank=0, world_size=1))
+    spec = {"name": "mine", "local_files": write_lines(tmp_path / "s.txt", documents(200)), "streaming": True}
+    stream = iter(StreamedSequences(spec, tokenizer, 16, rank=0, world_size=1, budget=10))
     rows = [next(stream)["input_ids"].tolist() for _ in range(25)]
-    assert rows[10:20] == rows[:10] and rows[20:] == rows[:5]  # 160 tokens = 10 sequences per pass
+    assert rows[10:20] == rows[:10] and rows[20:] == rows[:5]  # 10 sequences per pass
 
 
 def test_rank_batches_cover_the_same_positions_at_any_world_size():

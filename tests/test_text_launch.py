@@ -113,6 +113,10 @@ def test_two_rank_run_killed_mid_domain_resumes_to_the_same_result(tmp_path, two
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (killed / "units" / "shampoo__seed0.json").exists(), "the kill must come before shampoo finishes"
+    progress = max((json.loads(p.read_text()) for p in marker.glob("checkpoint-*/progress.json")), key=lambda p: p["position"])
+    assert progress["data"] == {"sequences": progress["position"][1] * 8 * 2}  # steps x 8 per rank x 2 ranks
+    one_process = tmp_path / "killed_then_one_process"
+    shutil.copytree(killed, one_process)
     resumed = accelerate_run(config, killed, "--resume")
     assert resumed.wait() == 0, resumed.stderr.read()[-3000:]
     one, two = (json.loads((d / "summary.json").read_text()) for d in (full, killed))
@@ -126,3 +130,12 @@ def test_two_rank_run_killed_mid_domain_resumes_to_the_same_result(tmp_path, two
                 for l in lines]
 
     assert comparable(killed) == comparable(full)
+
+    # the same checkpoint resumed by one process: the cached data continues at the next unseen position
+    # (sequences counted over both ranks), every rank's optimizer shard loads into the one process
+    result = subprocess.run([sys.executable, "-m", "basinlab", "run", config, "--output", one_process, "--resume"],
+                            env=ONE_THREAD, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    alone = json.loads((one_process / "summary.json").read_text())
+    steps = [step for step, _ in alone["units"][1]["train_loss"]]
+    assert alone["complete"] and steps == sorted(set(steps)) and len(steps) == 3 * STEPS // 2

@@ -170,18 +170,58 @@ def test_too_small_validation_split_is_a_clear_error(tmp_path):
         text_recipe.load_domains(config)
 
 
-def test_pack_sequences_fills_every_position(tmp_path):
-    from transformers import BertTokenizerFast
+def _stream_config(tmp_path, streaming: bool, tokenizer=None):
+    """The tiny config with every domain read in file order: streamed, or cached without shuffling or
+    deduplication (so both give the same sequences in the same order at one process)."""
+    raw = tiny_text_config(tmp_path, train=SAVES, arms=[{"name": "adamw", "lr": 3e-3}])
+    raw["data"]["tokenizer"] = tokenizer
+    for spec in raw["data"]["domains"]:
+        spec.update({"streaming": True} if streaming else {"shuffle": False, "dedupe": False})
+    return config_from_dict(raw)
 
-    from basinlab.data.mlm import pack_sequences
 
-    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *[f"w{i}" for i in range(20)]]))
-    tokenizer = BertTokenizerFast.from_pretrained(str(tmp_path))
-    docs = ["w1 w2 w3", "", "w4 w5 w6 w7 w8", "w9 w10 w11 w12 w13 w14 w15"]
-    sequences = pack_sequences(docs, tokenizer, max_length=6)
-    body = [t for s in sequences for t in s[1:-1]]
-    ids = tokenizer.convert_tokens_to_ids
-    assert all(len(s) == 6 and s[0] == tokenizer.cls_token_id and s[-1] == tokenizer.sep_token_id for s in sequences)
-    # documents joined by [SEP] (the empty one skipped), cut into bodies of 4; the tail of 2 tokens dropped
-    stream = [*ids(["w1", "w2", "w3"]), 3, *ids(["w4", "w5", "w6", "w7", "w8"]), 3, *ids([f"w{i}" for i in range(9, 16)]), 3]
-    assert body == stream[: len(stream) // 4 * 4] and len(sequences) == len(stream) // 4
+@pytest.fixture(scope="module")
+def streamed_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("streamed")
+    return run_experiment(_stream_config(tmp_path, True), tmp_path / "out"), tmp_path
+
+
+def test_streamed_domains_give_the_cached_results(streamed_run):
+    streamed_dir, tmp_path = streamed_run
+    # the same tokenizer: WordPiece training breaks frequency ties in hash-map order, so two trainings
+    # on the same text differ (a cached tokenizer is reused; a streamed domain's is trained on a sample)
+    (tokenizer,) = (tmp_path / "cache" / "tokenizers").iterdir()
+    cached_dir = run_experiment(_stream_config(tmp_path, False, str(tokenizer)), tmp_path / "cached")
+    streamed, cached = (RunDirectory(d).read_units(TextUnitResult)[0] for d in (streamed_dir, cached_dir))
+    assert (streamed.loss_matrix, streamed.train_loss, streamed.final_representation) == (
+        cached.loss_matrix, cached.train_loss, cached.final_representation)
+    assert [s["train"] for s in streamed.domain_sizes.values()] == [None] * len(DOMAINS)
+
+
+def test_streamed_domain_resumes_mid_domain_from_its_state(streamed_run, monkeypatch):
+    reference_dir, tmp_path = streamed_run
+    save = TrainingLog.on_save
+
+    def crash_after_a_save(self, args, state, control, **kwargs):
+        save(self, args, state, control, **kwargs)
+        if self.index == 1 and state.global_step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(TrainingLog, "on_save", crash_after_a_save)
+    output = tmp_path / "interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(_stream_config(tmp_path, True), output)
+    checkpoint = output / "checkpoints" / "adamw__seed0" / "domain-001" / "checkpoint-4"
+    state = json.loads((checkpoint / "stream-rank0.json").read_text())
+    assert state["emitted"] == 4 * 8 and state["skip"] > 0  # 4 steps of 8 sequences: inside the first batch of documents
+    monkeypatch.setattr(TrainingLog, "on_save", save)
+    run_experiment(_stream_config(tmp_path, True), output, resume=True)
+    reference, resumed = (RunDirectory(d).read_units(TextUnitResult)[0] for d in (reference_dir, output))
+    assert (resumed.loss_matrix, resumed.train_loss) == (reference.loss_matrix, reference.train_loss)
+
+
+def test_streamed_domains_refuse_loader_workers(tmp_path):
+    raw = tiny_text_config(tmp_path, train={"dataloader_num_workers": 2})
+    raw["data"]["domains"][0]["streaming"] = True
+    with pytest.raises(UserError, match="dataloader_num_workers.*must be 0 with streamed domains \\(alpha\\)"):
+        config_from_dict(raw)

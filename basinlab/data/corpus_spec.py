@@ -3,7 +3,7 @@
 A domain is a built-in name, or a mapping: ``{name, local_files: path | glob | [paths and globs],
 format: text | json | parquet, text_field, sample_by: line | paragraph | document, code}`` or
 ``{name, hf_dataset: owner/name (or a local dataset folder), config, split, text_field, code}``,
-either with ``streaming``, ``max_tokens``, ``dedupe`` and ``validation_fraction``. The checks
+either with ``streaming``, ``max_tokens``, ``dedupe``, ``shuffle`` and ``validation_fraction``. The checks
 read only each file's head (and a Parquet file's schema), so they cost nothing on big corpora;
 a bad byte further in is reported, with its file, when the domain is read.
 """
@@ -21,7 +21,7 @@ from basinlab.data.text_sources import TEXT_DOMAINS
 from basinlab.errors import UserError
 
 SPEC_KEYS = ("name", "local_files", "format", "text_field", "sample_by", "code", "hf_dataset", "config", "split",
-             "streaming", "max_tokens", "dedupe", "validation_fraction")
+             "streaming", "max_tokens", "dedupe", "shuffle", "validation_fraction")
 FORMATS = ("text", "json", "parquet")
 SAMPLE_BY = ("line", "paragraph", "document")
 HEAD_BYTES = 64 * 1024  # how much of each local file is read to check a spec when a config loads
@@ -107,10 +107,12 @@ def check_domain_spec(entry: Any) -> str:
     require(spec.get("sample_by", "line") in SAMPLE_BY,
             f"sample_by {spec.get('sample_by')!r} is not supported; use {', '.join(SAMPLE_BY)}")
     require(isinstance(spec.get("text_field", "text"), str), f"text_field must be a column name, got {spec.get('text_field')!r}")
-    for flag in ("code", "streaming", "dedupe"):
+    for flag in ("code", "streaming", "dedupe", "shuffle"):
         require(isinstance(spec.get(flag, False), bool), f"{flag} must be true or false, got {spec.get(flag)!r}")
     require(not (spec.get("streaming") and spec.get("dedupe")),
             "dedupe needs the whole corpus at once; streamed domains are not deduplicated (drop dedupe or streaming)")
+    require(not (spec.get("streaming") and spec.get("shuffle")),
+            "streamed domains are read in the order of their files; drop shuffle or streaming")
     budget = spec.get("max_tokens")
     require(budget is None or (isinstance(budget, int) and not isinstance(budget, bool) and budget >= 1),
             f"max_tokens must be a positive number of training tokens, got {budget!r}")

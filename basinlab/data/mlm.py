@@ -30,6 +30,7 @@ class DomainSequences:
     probe: Any
     stream: Mapping[str, Any] | None = None  # the domain spec when train is streamed
     train_sequences: int | None = None  # training sequences available (None: an unbounded stream)
+    shuffle: bool = True  # cached: read in a seeded order per epoch (else in file order)
 
 
 def evaluation_sets(name: str, validation: Any, eval_sequences: int, probe_sequences: int) -> tuple[Any, Any]:

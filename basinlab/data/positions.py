@@ -18,14 +18,16 @@ import torch
 
 class DomainOrder:
     """Position -> sequence index: a fresh seeded permutation of the ``size`` sequences per epoch
-    (4 bytes per sequence, one epoch held at a time)."""
+    (4 bytes per sequence, one epoch held at a time), or the file order when not ``shuffle``."""
 
-    def __init__(self, size: int, seed: int):
-        self.size, self.seed = size, seed
+    def __init__(self, size: int, seed: int, shuffle: bool = True):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
         self._epoch, self._permutation = -1, np.empty(0, dtype=np.int64)
 
     def __getitem__(self, position: int) -> int:
         epoch, offset = divmod(position, self.size)
+        if not self.shuffle:
+            return offset
         if epoch != self._epoch:
             dtype = np.int32 if self.size < 2**31 else np.int64
             self._permutation = np.random.default_rng([self.seed, epoch]).permutation(self.size).astype(dtype)

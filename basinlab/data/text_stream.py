@@ -3,8 +3,9 @@ split, tokenized and packed on the fly, never materialised.
 
 Each rank reads its own part of the stream (``datasets.distributed.split_dataset_by_node``:
 whole files when there are at least as many as ranks, else every ``world``-th document) and
-packs it into ``[CLS] ... [SEP]`` sequences exactly as the cache does. ``max_tokens`` caps the
-domain's training tokens per pass (split evenly over the ranks); the stream then starts over.
+packs it into ``[CLS] ... [SEP]`` sequences exactly as the cache does. ``budget`` (sequences,
+from ``max_tokens`` or ``data.max_train_sequences``) caps a pass over the domain (split evenly
+over the ranks); the stream then starts over.
 Its position is the source's ``state_dict()`` at the start of a batch of documents plus how
 many of that batch's tokens were already packed, kept for the last few thousand sequences, so
 a checkpoint can name the exact resume point of the sequences training has consumed (the
@@ -49,11 +50,10 @@ class StreamedSequences(torch.utils.data.IterableDataset):
     (``local index · world + rank``: unique across ranks), resumable from ``state_at``."""
 
     def __init__(self, spec: Mapping[str, Any], tokenizer: Any, max_length: int, rank: int, world_size: int,
-                 cache_dir=None, state: Mapping[str, Any] | None = None):
+                 cache_dir=None, state: Mapping[str, Any] | None = None, budget: int | None = None):
         self.spec, self.tokenizer, self.max_length = spec, tokenizer, max_length
         self.rank, self.world_size, self.cache_dir = rank, world_size, cache_dir
-        budget = spec.get("max_tokens")
-        self.per_pass = None if budget is None else max(1, budget // max_length // world_size)
+        self.per_pass = None if budget is None else max(1, budget // world_size)
         self.state = dict(state) if state else {"pass": 0, "source": None, "skip": 0, "emitted": 0, "in_pass": 0}
         self.history: OrderedDict[int, dict[str, Any]] = OrderedDict()
 

@@ -13,13 +13,13 @@ import logging
 import os
 from typing import Any, Mapping
 
-from basinlab.data.corpus import cleaned_splits, corpus_fingerprint, streamed_documents
+from basinlab.data.cleaning import clean_batch, in_validation
+from basinlab.data.corpus import cleaned_splits, corpus_fingerprint, streamed_documents, validation_fraction
 from basinlab.data.mlm import DomainSequences, evaluation_sets, train_prefix
 from basinlab.data.packing import packed_domain
 from basinlab.data.text import MANIFEST, domain_dir, load_text_domain
 from basinlab.data.text_stream import streamed_validation
 from basinlab.data.tokenizer import load_tokenizer, train_wordpiece
-from basinlab.errors import UserError
 from basinlab.launch.text_config import TextRunConfig
 
 logger = logging.getLogger(__name__)
@@ -50,12 +50,15 @@ def _texts(spec: Mapping[str, Any], config: TextRunConfig) -> tuple[dict[str, An
 
 
 def _stream_sample(spec: Mapping[str, Any], cache_dir) -> Any:
-    """The first documents of a stream, for the tokenizer (a stream is never read whole)."""
+    """The first training documents of a stream (cleaned, split off validation), for the tokenizer
+    (a stream is never read whole)."""
     import datasets
 
+    code, fraction = bool(spec.get("code", False)), validation_fraction(spec)
     docs = []
     for batch in streamed_documents(spec, cache_dir).iter(batch_size=1000):
-        docs.extend(text for text in batch["text"] if isinstance(text, str))
+        kept, keys = clean_batch([text if isinstance(text, str) else "" for text in batch["text"]], code)
+        docs.extend(text for text, key in zip(kept, keys) if not in_validation(key, fraction))
         if len(docs) >= TOKENIZER_SAMPLE_DOCUMENTS:
             break
     return datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": docs[:TOKENIZER_SAMPLE_DOCUMENTS]})})
@@ -88,8 +91,6 @@ def _domain(spec: Mapping[str, Any], texts: Any, fingerprint: str, tokenizer: An
     if data.max_train_sequences is not None:
         budget = data.max_train_sequences if budget is None else min(budget, data.max_train_sequences)
     if spec.get("streaming"):
-        if budget is not None and spec.get("max_tokens") is None:
-            raise UserError(f"text domain {name!r} is streamed: give its budget as max_tokens, not data.max_train_sequences")
         rows = streamed_validation(spec, tokenizer, data.max_length, data.eval_sequences, data.cache_dir)
         import datasets
 
@@ -99,4 +100,4 @@ def _domain(spec: Mapping[str, Any], texts: Any, fingerprint: str, tokenizer: An
     packed = packed_domain(name, texts, fingerprint, tokenizer, data.max_length, data.cache_dir, num_proc(config))
     train = train_prefix(name, packed["train"], budget, data.max_length)
     evaluation, probe = evaluation_sets(name, packed["validation"], data.eval_sequences, data.probe_sequences)
-    return DomainSequences(name, train, evaluation, probe, train_sequences=len(train))
+    return DomainSequences(name, train, evaluation, probe, train_sequences=len(train), shuffle=spec.get("shuffle", True))

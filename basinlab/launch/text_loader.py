@@ -51,7 +51,7 @@ class DomainData:
                     f"processes; resume it with {position.get('world_size')} (a stream's position is per rank)"
                 )
             self.stream = StreamedSequences(domain.stream, tokenizer, config.data.max_length, self.rank,
-                                            self.world_size, config.data.cache_dir, state)
+                                            self.world_size, config.data.cache_dir, state, domain.train_sequences)
 
     def collator(self) -> PositionMaskingCollator:
         return PositionMaskingCollator(self.tokenizer, self.config.train.mlm_probability, self.seed)
@@ -63,7 +63,7 @@ class DomainData:
         if self.stream is not None:
             return DataLoader(self.stream, batch_size=self.batch_size, collate_fn=self.collator(), generator=generator)
         steps = self.config.train.steps_per_domain
-        sampler = RankBatches(DomainOrder(len(self.domain.train), self.seed), self.batch_size, self.rank,
+        sampler = RankBatches(DomainOrder(len(self.domain.train), self.seed, self.domain.shuffle), self.batch_size, self.rank,
                               self.world_size, self.start, steps * self.micro_batches)
         return DataLoader(PositionedSequences(self.domain.train), batch_sampler=sampler, collate_fn=self.collator(),
                           num_workers=self.config.train.dataloader_num_workers, generator=generator)
