@@ -419,10 +419,11 @@ def test_documented_mnist_runs_shortened(command, doc_dir, mnist_cache_dir):
 def _local_domains(folder: Path) -> list[dict]:
     if str(ROOT / "tests") not in sys.path:
         sys.path.insert(0, str(ROOT / "tests"))
-    from text_fixtures import write_domain
+    from text_fixtures import VALIDATION_FRACTION, write_domain
 
     folder.mkdir(exist_ok=True)
-    return [{"name": name, "local_files": [write_domain(folder, name, i)]} for i, name in enumerate(("alpha", "beta"))]
+    return [{"name": name, "local_files": [write_domain(folder, name, i)], "validation_fraction": VALIDATION_FRACTION}
+            for i, name in enumerate(("alpha", "beta"))]
 
 
 TEXT_RUNS = _distinct(_basinlab_runs("run", "configs/text/"))
