@@ -24,8 +24,10 @@ CONVENTIONS = {
     "fwt": "mean_{j>=1} R[j-1][j] - b[j], b = accuracy at initialization",
     "forgetting": "mean_{j<T-1} max_{l<T-1} R[l][j] - R[T-1][j] (Chaudhry et al. 2018); higher = more forgetting",
     "effective_rank": "exp(entropy) of the normalized covariance spectrum of last-hidden-layer activations "
-    "on the pooled probe sets of the tasks seen so far (Roy & Vetterli 2007)",
-    "cross_class_cosine": "mean off-diagonal cosine similarity between class-mean activations on the same probes",
+    "on the probe sets of the tasks seen so far (Roy & Vetterli 2007); where (`representation`): after or before "
+    "the ReLU, probes pooled or one measurement per task averaged",
+    "cross_class_cosine": "mean off-diagonal cosine similarity between class-mean activations on the same probes "
+    "(`representation.class_means`: raw means, or means of features centred on their grand mean)",
     "first_task_cka": "linear CKA between task-1 probe activations right after task 1 and after each later task",
     "weights_below": "fraction of weight-matrix entries (effective weights for Powerprop) with |w| below each "
     "threshold, after each task",
@@ -88,6 +90,7 @@ def build_mnist_summary(config: dict[str, Any], units: list[MnistUnitResult]) ->
         "num_tasks": config["data"]["num_tasks"],
         "task_names": first.task_names if first else [],
         "world_size": first.world_size if first else None,
+        "representation": config.get("representation"),  # None: a run from before the option existed
         **run_fields(config, units, aggregate, CONVENTIONS),
         "paired_differences": paired_difference_table(by_arm),
         "property_card": property_card(config, by_arm, aggregate),

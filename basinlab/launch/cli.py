@@ -64,6 +64,12 @@ def _tune(args: argparse.Namespace) -> None:
         print(render_table(result))
 
 
+def _sweep(args: argparse.Namespace) -> None:
+    from basinlab.launch.sweep import run_sweep
+
+    run_sweep(args.config, output=args.output, resume=args.resume, workers=args.workers, overrides=args.set)
+
+
 def _report(args: argparse.Namespace) -> None:
     from basinlab.launch.driver import write_report
     from basinlab.launch.rundir import RunDirectory
@@ -186,6 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
         "tune; the file is re-dumped from its YAML data, so CONFIG's comments are not kept",
     )
     tune.set_defaults(handler=_tune)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a base experiment across axes and compare every arm with a reference arm",
+        description="Expand a sweep file (a base run config, run-level axes, per-arm option axes, a reference arm; "
+        "see configs/sweeps/robustness_map.yaml) into one run per cell, check every cell's config before training, "
+        "run the cells (resumable with --resume), and write sweep.json, report.md and plots/ with each arm's paired "
+        "difference from the reference on the same seeds and what predicts forgetting across all units.",
+    )
+    _add_run_arguments(sweep, default_output="runs/<sweep name>")
+    sweep.set_defaults(handler=_sweep)
 
     report = commands.add_parser(
         "report",

@@ -61,13 +61,15 @@ class ArmConfig(OptimizerSpec):
     label: str
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the run's model section
     l1_penalty: float = 0.0  # adds l1_penalty * sum |w| over the weight matrices to the loss
+    rank_penalty: float = 0.0  # adds rank_penalty * nuclear norm of the last hidden layer's weights to the loss
     then: Optional[OptimizerSpec] = None  # trains each task after the first switch_after_steps steps
     switch_after_steps: Optional[int] = None
 
     def to_yaml(self) -> dict[str, Any]:
         extras = {"model": self.model} if self.model else {}
-        if self.l1_penalty:
-            extras["l1_penalty"] = self.l1_penalty
+        for penalty in ("l1_penalty", "rank_penalty"):
+            if getattr(self, penalty):
+                extras[penalty] = getattr(self, penalty)
         if self.then is not None:
             extras.update(then=self.then.to_yaml(), switch_after_steps=self.switch_after_steps)
         return {"name": self.name, "label": self.label, **self.options, **extras}
@@ -156,8 +158,9 @@ def _optimizer(raw: Any, index: int) -> ArmConfig:
     model = options.pop("model", {})
     if not isinstance(model, dict):
         raise UserError(f"config key '{key}.model' must be a mapping of model overrides, e.g. {{powerprop_alpha: 2}}")
-    l1_penalty = coerce(options.pop("l1_penalty", 0.0), float, f"{key}.l1_penalty")
+    l1_penalty, rank_penalty = (coerce(options.pop(name, 0.0), float, f"{key}.{name}") for name in ("l1_penalty", "rank_penalty"))
     require(l1_penalty >= 0, f"{key}.l1_penalty", "must be >= 0")
+    require(rank_penalty >= 0, f"{key}.rank_penalty", "must be >= 0")
     then, switch = options.pop("then", None), options.pop("switch_after_steps", None)
     if (then is None) != (switch is None):
         raise UserError(
@@ -171,7 +174,7 @@ def _optimizer(raw: Any, index: int) -> ArmConfig:
     spec = _checked_spec(name, options, key, label)
     return ArmConfig(
         name=spec.name, label=label, options=spec.options, model=model, l1_penalty=l1_penalty,
-        then=then, switch_after_steps=switch,
+        rank_penalty=rank_penalty, then=then, switch_after_steps=switch,
     )
 
 
@@ -261,6 +264,16 @@ def _require_mapping(raw: Any) -> None:
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
     """Read a YAML run config, apply ``--set`` overrides, and check it."""
+    raw = read_yaml_config(path, "a run config needs at least arms: [{name: sgd, lr: 0.1}]")
+    raw.setdefault("name", Path(path).stem)
+    for override in overrides:
+        apply_override(raw, override)
+    return config_from_dict(raw)
+
+
+def read_yaml_config(path: str | Path, needs: str) -> dict:
+    """A YAML mapping from ``path``, or one line naming what is wrong with the file (``needs``: what an
+    empty file lacks)."""
     path = Path(path)
     text, _ = read_utf8(path, "config file", "pass a YAML file such as configs/mnist/demo.yaml")
     try:
@@ -270,9 +283,6 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"config file {str(path)!r} is not valid YAML{where}; fix the syntax") from None
     if raw is None:
-        raise UserError(f"config file {str(path)!r} is empty; a run config needs at least arms: [{{name: sgd, lr: 0.1}}]")
+        raise UserError(f"config file {str(path)!r} is empty; {needs}")
     _require_mapping(raw)
-    raw.setdefault("name", path.stem)
-    for override in overrides:
-        apply_override(raw, override)
-    return config_from_dict(raw)
+    return raw

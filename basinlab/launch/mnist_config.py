@@ -104,6 +104,25 @@ class PruningConfig:
         require(all(t > 0 for t in self.thresholds), "pruning.thresholds", "must be positive")
 
 
+REPRESENTATION_LAYERS = ("post_relu", "pre_activation")
+PROBE_POOLS = ("pooled", "per_task")
+CLASS_MEANS = ("raw", "centred")
+
+
+@dataclass
+class RepresentationConfig:
+    """Where the representation metrics look, so a reader can check whether a claim depends on it.
+    The defaults are what every documented result used."""
+
+    layer: str = "post_relu"  # last hidden layer after its ReLU, or its pre-activation (W h + b)
+    probes: str = "pooled"  # one measurement over the seen tasks' probes pooled, or one per seen task, averaged
+    class_means: str = "raw"  # cosine between raw class means, or between means of features centred on their grand mean
+
+    def check(self) -> None:
+        for name, choices in (("layer", REPRESENTATION_LAYERS), ("probes", PROBE_POOLS), ("class_means", CLASS_MEANS)):
+            require(getattr(self, name) in choices, f"representation.{name}", f"must be one of {', '.join(choices)}")
+
+
 @dataclass
 class MnistRunConfig(ExperimentConfig):
     """The sequential-MNIST recipe (basinlab.launch.mnist_recipe)."""
@@ -112,10 +131,12 @@ class MnistRunConfig(ExperimentConfig):
     model: MnistModelConfig = field(default_factory=MnistModelConfig)
     train: MnistTrainConfig = field(default_factory=MnistTrainConfig)
     pruning: PruningConfig = field(default_factory=PruningConfig)
+    representation: RepresentationConfig = field(default_factory=RepresentationConfig)
 
     def check(self) -> None:
         super().check()
         self.data.check()
+        self.representation.check()
         self.model.check()
         self.train.check()
         self.pruning.check()

@@ -31,14 +31,35 @@ def accuracy(model: MLP, stream: TaskStream, task: int, split: str, batch_size: 
 
 
 @torch.no_grad()
-def probe_features(model: MLP, stream: TaskStream, tasks: range, batch_size: int):
-    """Last-hidden-layer activations and labels on the probe sets of ``tasks``, pooled."""
+def probe_features(model: MLP, stream: TaskStream, tasks: range, batch_size: int, pre_activation: bool = False):
+    """Last-hidden-layer activations (after the ReLU unless ``pre_activation``) and labels on the probe
+    sets of ``tasks``, pooled."""
     features, labels = [], []
     for task in tasks:
         for x, y in stream.eval_batches(task, "probe", batch_size):
-            features.append(model.features(x))
+            features.append(model.features(x, pre_activation))
             labels.append(y)
     return torch.cat(features), torch.cat(labels)
+
+
+def measure_representation(net: MLP, stream: TaskStream, seen: int, config: MnistRunConfig):
+    """Covariance spectrum, class-mean cosine matrix, effective rank and mean cross-class cosine of the
+    ``seen`` tasks' probes, measured where ``config.representation`` says: pooled over the tasks, or per
+    task with the spectra, matrices and scalars averaged over the tasks."""
+    where = config.representation
+    pools = [range(seen)] if where.probes == "pooled" else [range(t, t + 1) for t in range(seen)]
+    spectra, cosines = [], []
+    for tasks in pools:
+        features, labels = probe_features(net, stream, tasks, config.train.eval_batch_size, where.layer == "pre_activation")
+        if where.class_means == "centred":
+            features = features - features.mean(dim=0, keepdim=True)
+        spectra.append(covariance_spectrum(features))
+        cosines.append(class_mean_cosine(features, labels, NUM_CLASSES))
+    ranks = [effective_rank_from_spectrum(s) for s in spectra]
+    overlaps = [mean_off_diagonal(c) for c in cosines]
+    spectrum = torch.stack(spectra).mean(dim=0)
+    cosine = torch.stack(cosines).nanmean(dim=0)
+    return spectrum, cosine, sum(ranks) / len(ranks), sum(overlaps) / len(overlaps)
 
 
 class UnitHistory:
@@ -55,22 +76,20 @@ class UnitHistory:
         self, task: int, fit: dict[str, Any], accuracies: list[float], net: MLP, stream: TaskStream, config: MnistRunConfig
     ) -> dict[str, Any]:
         """Representation metrics on the probes of the tasks seen so far; returns the task's record."""
-        batch = config.train.eval_batch_size
         self.rows.append(accuracies)
-        features, labels = probe_features(net, stream, range(task + 1), batch)
-        task0_features, _ = probe_features(net, stream, range(1), batch)
+        pre_activation = config.representation.layer == "pre_activation"
+        task0_features, _ = probe_features(net, stream, range(1), config.train.eval_batch_size, pre_activation)
         if self.first_task_features is None:
             self.first_task_features = task0_features
-        self.spectrum = covariance_spectrum(features)
-        self.cosine = class_mean_cosine(features, labels, NUM_CLASSES)
+        self.spectrum, self.cosine, rank, overlap = measure_representation(net, stream, task + 1, config)
         square = [row[: task + 1] for row in self.rows]
         evaluation = {
             **fit,
             "task": task,
             "accuracies": accuracies,
             "average_accuracy_seen": continual_metrics(square, self.initial[: task + 1])["acc"],
-            "effective_rank": effective_rank_from_spectrum(self.spectrum),
-            "cross_class_cosine_mean": mean_off_diagonal(self.cosine),
+            "effective_rank": rank,
+            "cross_class_cosine_mean": overlap,
             "first_task_cka": linear_cka(self.first_task_features, task0_features),
             "weights_below": fraction_below(effective_weights(net), config.pruning.thresholds),
         }

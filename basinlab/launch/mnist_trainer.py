@@ -123,12 +123,16 @@ class ArmTrainer:
         switch = self.arm.switch_after_steps
         return int(switch is not None and task_step >= switch)
 
-    def _l1(self, nets: list[MLP]) -> torch.Tensor | float:
-        """The arm's L1 penalty on the weight matrices of ``nets`` (Powerprop: on v, same ranking as w)."""
-        penalty = self.arm.l1_penalty
-        if not penalty:
-            return 0.0
-        return penalty * sum(w.abs().sum() for net in nets for w in _weight_matrices(net))
+    def _penalties(self, nets: list[MLP]) -> torch.Tensor | float:
+        """The arm's L1 penalty on the weight matrices of ``nets`` (Powerprop: on v, same ranking as w) and
+        its rank penalty: the nuclear norm of the last hidden layer's weights, which bounds the rank of the
+        layer's pre-activations, so the optimizer stays what it was while the representation is pushed low-rank."""
+        total = 0.0
+        if self.arm.l1_penalty:
+            total = self.arm.l1_penalty * sum(w.abs().sum() for net in nets for w in _weight_matrices(net))
+        if self.arm.rank_penalty:
+            total = total + self.arm.rank_penalty * sum(torch.linalg.svdvals(net.hidden[-1].weight).sum() for net in nets)
+        return total
 
     def _record(self, member: Member, event: str, **values: Any) -> None:
         member.log.write(event, step=member.step, **values)
@@ -179,7 +183,7 @@ class ArmTrainer:
                 self.stack.zero_grad(set_to_none=True)
                 logits = self.model(x, active)
                 losses = torch.stack([F.cross_entropy(logits[a], y[a]) for a in range(len(active))])
-                self.accelerator.backward(losses.sum() + self._l1([self.net(i) for i in active]))
+                self.accelerator.backward(losses.sum() + self._penalties([self.net(i) for i in active]))
                 self._step(active, fits, self.optimizers)
                 loss_sums.index_add_(0, torch.tensor(active, device=loss_sums.device), losses.detach())
                 for i in active:
@@ -345,7 +349,7 @@ class ArmTrainer:
                 self.stack.zero_grad(set_to_none=True)
                 logits = self.model(x[keep], active)
                 losses = torch.stack([F.cross_entropy(logits[a], y[keep[a]]) for a in range(len(active))])
-                self.accelerator.backward(losses.sum() + self._l1([self.net(i) for i in active]))
+                self.accelerator.backward(losses.sum() + self._penalties([self.net(i) for i in active]))
                 self._step(active, fits, optimizers)
                 self._apply_masks(masks)
             epoch += 1

@@ -179,9 +179,9 @@ class TextRunConfig(ExperimentConfig):
         )
         for optimizer in self.arms:
             require(
-                not optimizer.model and not optimizer.l1_penalty and optimizer.then is None,
+                not optimizer.model and not optimizer.l1_penalty and not optimizer.rank_penalty and optimizer.then is None,
                 f"arms.{optimizer.label}",
-                "sets model overrides, l1_penalty or then/switch_after_steps, which only the mnist recipe supports",
+                "sets model overrides, l1_penalty, rank_penalty or then/switch_after_steps, which only the mnist recipe supports",
             )
 
 

@@ -69,11 +69,13 @@ class MLP(nn.Module):
         """The classifier head (HF's name for it: Muon's parameter rule gives it AdamW)."""
         return self.head
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Activations of the last hidden layer (what the representation metrics measure)."""
-        for layer in self.hidden:
+    def features(self, x: torch.Tensor, pre_activation: bool = False) -> torch.Tensor:
+        """Activations of the last hidden layer (what the representation metrics measure), after its ReLU
+        or, with ``pre_activation``, before it."""
+        for layer in self.hidden[:-1]:
             x = torch.relu(layer(x))
-        return x
+        x = self.hidden[-1](x)
+        return x if pre_activation else torch.relu(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

@@ -1,0 +1,194 @@
+"""A sweep's summary: per cell and arm the paired difference from the reference arm on the same
+seeds, and across all units of a stream how well each representation metric predicts forgetting.
+
+- paired differences: :func:`basinlab.eval.stats.paired_differences` (t interval over seeds);
+- what predicts forgetting: Spearman's rank correlation between a metric and the target (BWT)
+  over every (cell, arm, seed) unit of a group, with a percentile bootstrap interval from
+  resampling units (seeded, so the summary is reproducible).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from basinlab.eval.stats import mean_ci, paired_differences
+
+BOOTSTRAP_DRAWS = 2000
+TARGET = "bwt"
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``values``, ties sharing the mean of their ranks (what Spearman's rho needs)."""
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(len(values))
+    sorted_values = values[order]
+    start = 0
+    while start < len(values):
+        end = start
+        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
+            end += 1
+        ranks[order[start:end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho: Pearson's correlation of the average ranks; NaN when either side is constant."""
+    rx, ry = average_ranks(x), average_ranks(y)
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    scale = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
+    return float((rx * ry).sum() / scale) if scale > 0 else math.nan
+
+
+def spearman_with_ci(x: list[float], y: list[float], level: float = 0.95, seed: int = 0) -> dict[str, Any]:
+    """rho over the pairs where both are finite, and the percentile interval of rho over bootstrap
+    resamples of those pairs (draws where a side is constant are dropped)."""
+    pairs = np.array([(a, b) for a, b in zip(x, y) if _finite(a) and _finite(b)], dtype=float).reshape(-1, 2)
+    stat = {"rho": None, "n": len(pairs), "ci_low": None, "ci_high": None, "ci_level": level}
+    if len(pairs) < 3:
+        return stat
+    stat["rho"] = _none_if_nan(spearman(pairs[:, 0], pairs[:, 1]))
+    rng = np.random.default_rng(seed)
+    draws = [spearman(*pairs[rng.integers(0, len(pairs), len(pairs))].T) for _ in range(BOOTSTRAP_DRAWS)]
+    draws = [d for d in draws if math.isfinite(d)]
+    if draws:
+        stat["ci_low"], stat["ci_high"] = (float(q) for q in np.quantile(draws, [(1 - level) / 2, (1 + level) / 2]))
+    return stat
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _none_if_nan(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _cell_table(cell: dict[str, Any], reference: str, metrics: list[str]) -> dict[str, Any]:
+    by_arm = {label: {u.seed: u.headline() for u in cell["units"] if u.arm == label} for label in cell["arms"]}
+    arms = {}
+    for label, seeds in by_arm.items():
+        if not seeds:
+            continue
+        entry = {"seeds": sorted(seeds), **{m: mean_ci([h[m] for h in seeds.values()]) for m in metrics}}
+        if label != reference and by_arm.get(reference):
+            ref = by_arm[reference]
+            entry["vs_reference"] = {
+                m: paired_differences({s: h[m] for s, h in seeds.items()}, {s: h[m] for s, h in ref.items()}) for m in metrics
+            }
+        arms[label] = entry
+    return {
+        "name": cell["name"],
+        "values": cell["values"],
+        "arms": arms,
+        "units": len(cell["units"]),
+        "wall_time_s": float(sum(u.wall_time_s for u in cell["units"])),
+    }
+
+
+def _group_key(axes: dict[str, list[Any]]) -> str | None:
+    """Correlations are computed per stream when the stream is an axis (the streams forget differently)."""
+    return "data.stream" if "data.stream" in axes else None
+
+
+def build_sweep_summary(
+    name: str, reference: str, metrics: list[str], axes: dict[str, list[Any]], cells: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """``cells``: per cell its name, axis values, arm labels (config order) and finished unit results."""
+    group_key = _group_key(axes)
+    groups: dict[str, list] = {}
+    for cell in cells:
+        group = str(cell["values"][group_key]) if group_key else "all"
+        groups.setdefault(group, []).extend(cell["units"])
+    predictors = [m for m in metrics if m != TARGET]
+    correlations = {}
+    if TARGET in metrics:
+        for group, units in groups.items():
+            target = [u.headline()[TARGET] for u in units]
+            correlations[group] = {m: spearman_with_ci([u.headline()[m] for u in units], target) for m in predictors}
+    return {
+        "schema_version": 1,
+        "name": name,
+        "reference": reference,
+        "metrics": metrics,
+        "axes": axes,
+        "cells": [_cell_table(cell, reference, metrics) for cell in cells],
+        "correlation_group": group_key or "all units",
+        "correlations_with_bwt": correlations,
+        "points": {group: [{"arm": u.arm, "seed": u.seed, **u.headline()} for u in units] for group, units in groups.items()},
+        "conventions": {
+            "vs_reference": "per metric, mean over the seeds both arms finished of (arm - reference) on the same seed, "
+            "with its Student-t interval (ci_level); BWT > 0 means less forgetting than the reference",
+            "correlations_with_bwt": "Spearman's rho between the metric and BWT over every unit (cell, arm, seed) of "
+            f"the group, with a percentile bootstrap interval ({BOOTSTRAP_DRAWS} resamples of units, seed 0)",
+        },
+    }
+
+
+def _interval(stat: dict[str, Any], digits: int = 3) -> str:
+    if stat.get("mean") is None:
+        return "n/a"
+    if stat.get("ci_low") is None:
+        return f"{stat['mean']:+.{digits}f}"
+    half = (stat["ci_high"] - stat["ci_low"]) / 2
+    return f"{stat['mean']:+.{digits}f} ± {half:.{digits}f}"
+
+
+def _sign(stat: dict[str, Any]) -> int:
+    """+1 / -1 when the interval excludes 0 on that side, else 0."""
+    if stat.get("ci_low") is None:
+        return 0
+    return 1 if stat["ci_low"] > 0 else -1 if stat["ci_high"] < 0 else 0
+
+
+def verdicts(summary: dict[str, Any]) -> list[str]:
+    """Per arm, in how many cells the forgetting claim (BWT above the reference's) and the representational
+    claim (lower rank and lower class overlap) hold with intervals that exclude 0."""
+    lines = []
+    arms = [a for cell in summary["cells"] for a in cell["arms"] if a != summary["reference"]]
+    for arm in dict.fromkeys(arms):
+        rows = [c["arms"][arm]["vs_reference"] for c in summary["cells"] if "vs_reference" in c["arms"].get(arm, {})]
+        if not rows or TARGET not in rows[0]:
+            continue
+        less_forgetting = sum(_sign(r[TARGET]) > 0 for r in rows)
+        more_forgetting = sum(_sign(r[TARGET]) < 0 for r in rows)
+        line = f"- **{arm}** vs {summary['reference']}: less forgetting in {less_forgetting} of {len(rows)} cells, more in {more_forgetting}"
+        if "final_effective_rank" in rows[0] and "final_cross_class_cosine_mean" in rows[0]:
+            lower = sum(_sign(r["final_effective_rank"]) < 0 and _sign(r["final_cross_class_cosine_mean"]) < 0 for r in rows)
+            rank_only = sum(_sign(r["final_effective_rank"]) < 0 for r in rows)
+            both = sum(_sign(r[TARGET]) > 0 and _sign(r["final_effective_rank"]) < 0 for r in rows)
+            line += (f"; lower effective rank in {rank_only}, lower rank and lower class overlap together in {lower}; "
+                     f"less forgetting together with lower rank in {both}")
+        lines.append(line + ".")
+    return lines
+
+
+def render_sweep_report(summary: dict[str, Any], plots: list[Path], output: Path) -> str:
+    metrics = summary["metrics"]
+    lines = [f"# Sweep {summary['name']}", "", f"Paired differences from **{summary['reference']}** on the same seeds "
+             "(mean ± half-width of the 95 % t interval; BWT > 0 = less forgetting).", ""]
+    lines += ["| cell | arm | seeds | " + " | ".join(f"Δ{m}" for m in metrics) + " |",
+              "|---|---|---|" + "---|" * len(metrics)]
+    for cell in summary["cells"]:
+        for arm, entry in cell["arms"].items():
+            if "vs_reference" in entry:
+                diffs = " | ".join(_interval(entry["vs_reference"][m]) for m in metrics)
+                lines.append(f"| {cell['name']} | {arm} | {len(entry['seeds'])} | {diffs} |")
+    lines += ["", "## Where the claims hold", "", *verdicts(summary), ""]
+    if summary["correlations_with_bwt"]:
+        lines += ["## What predicts forgetting", "", f"Spearman's rho with BWT over every unit, per {summary['correlation_group']} "
+                  "(95 % bootstrap interval):", "", "| group | metric | n | rho |", "|---|---|---|---|"]
+        for group, table in summary["correlations_with_bwt"].items():
+            for metric, stat in table.items():
+                rho = "n/a" if stat["rho"] is None else f"{stat['rho']:+.2f}"
+                ci = "" if stat["ci_low"] is None else f" [{stat['ci_low']:+.2f}, {stat['ci_high']:+.2f}]"
+                lines.append(f"| {group} | {metric} | {stat['n']} | {rho}{ci} |")
+        lines.append("")
+    lines += ["## Wall time", "", "| cell | units | training s |", "|---|---|---|"]
+    lines += [f"| {c['name']} | {c['units']} | {c['wall_time_s']:.0f} |" for c in summary["cells"]]
+    lines += ["", *[f"![{p.stem}]({p.relative_to(output)})" for p in plots], ""]
+    return "\n".join(lines)
