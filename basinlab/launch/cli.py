@@ -94,9 +94,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser, default_output: str) -> None:
-    """CONFIG, --set, --output, --resume and --workers: what `run` and `tune` share."""
-    parser.add_argument("config", type=Path, help="YAML run config, e.g. configs/mnist/demo.yaml")
+def _add_run_arguments(
+    parser: argparse.ArgumentParser, default_output: str, config_help: str = "YAML run config, e.g. configs/mnist/demo.yaml"
+) -> None:
+    """CONFIG, --set, --output, --resume and --workers: what `run`, `tune` and `sweep` share."""
+    parser.add_argument("config", type=Path, help=config_help)
     parser.add_argument(
         "--set",
         action="append",
@@ -201,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run the cells (resumable with --resume), and write sweep.json, report.md and plots/ with each arm's paired "
         "difference from the reference on the same seeds and what predicts forgetting across all units.",
     )
-    _add_run_arguments(sweep, default_output="runs/<sweep name>")
+    _add_run_arguments(sweep, default_output="runs/<sweep name>",
+                       config_help="YAML sweep file, e.g. configs/sweeps/robustness_map.yaml (--set applies to its base)")
     sweep.set_defaults(handler=_sweep)
 
     report = commands.add_parser(

@@ -179,7 +179,7 @@ def run_sweep(path: str | Path, output: str | Path | None = None, resume: bool =
     for i, cell in enumerate(sweep.cells, 1):
         print(f"sweep {sweep.name}: cell {i} of {len(sweep.cells)}: {cell.name}", flush=True)
         folder = output / "cells" / cell.name
-        run_experiment(cell.config, folder, resume=resume or folder.exists(), workers=workers)
+        run_experiment(cell.config, folder, resume=resume, workers=workers)
     return write_sweep_results(sweep, output)
 
 
