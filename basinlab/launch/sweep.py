@@ -41,7 +41,7 @@ from basinlab.launch.config_checks import LABEL
 from basinlab.launch.driver import run_experiment
 from basinlab.launch.recipes import recipe_class
 from basinlab.launch.rundir import RunDirectory
-from basinlab.launch.tune import _set_option
+from basinlab.launch.tune import set_arm_option
 
 SWEEP_KEYS = ("name", "base", "reference", "set", "axes", "arm_axes", "extra_arms", "metrics")
 DEFAULT_METRICS = ("bwt", "final_effective_rank", "final_cross_class_cosine_mean", "final_first_task_cka")
@@ -98,7 +98,7 @@ def _arm_variants(arms: list[dict], arm_axes: dict) -> list[dict]:
                 raise UserError(f"sweep key 'arm_axes.{label}.{option}' must be a non-empty list of values, e.g. [2, 4]")
             for value in values:
                 arm = copy.deepcopy(labels[label])
-                if _set_option(arm, option, value, label) == value:
+                if set_arm_option(arm, option, value, label, where=f"sweep key 'arm_axes.{label}'") == value:
                     continue  # the base arm already has this value
                 arm["label"] = f"{label}.{option}-{_value_name(value)}"
                 if not LABEL.match(arm["label"]):

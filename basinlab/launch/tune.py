@@ -60,22 +60,18 @@ def parse_grid(text: str) -> tuple[str, list[int | float]]:
     return label, numbers
 
 
-def _option_path(key: str) -> list[str]:
-    path = key.split(".")
+def set_arm_option(entry: dict[str, Any], key: str, value: Any, label: str, where: str = "--key") -> Any:
+    """Set the (dotted) option ``key`` of one optimizer entry; returns the value it replaces (None if unset).
+    ``where`` names what asked for it in an error (``--key``, a sweep's ``arm_axes``)."""
+    *sections, option = path = key.split(".")
     if not all(path) or path[0] in ("name", "label"):
-        raise UserError(f"--key {key!r} must name an option of the arm, such as lr or then.lr (not its name or label)")
-    return path
-
-
-def _set_option(entry: dict[str, Any], key: str, value: Any, label: str) -> Any:
-    """Set the (dotted) option ``key`` of one optimizer entry; returns the value it replaces (None if unset)."""
-    *sections, option = _option_path(key)
+        raise UserError(f"{where} {key!r} must name an option of the arm, such as lr or then.lr (not its name or label)")
     node = entry
     for section in sections:
         node = node.get(section)
         if not isinstance(node, dict):
             raise UserError(
-                f"--key {key}: arm {label!r} has no '{section}' section to set it in; tune an option the arm has, e.g. --key lr"
+                f"{where} {key}: arm {label!r} has no '{section}' section to set it in; name an option the arm has, e.g. lr"
             )
     previous = node.get(option)
     node[option] = value
@@ -99,7 +95,7 @@ def derive_config(config: MnistRunConfig, grids: dict[str, list[int | float]], k
         derived = []
         for value in values:
             entry = copy.deepcopy(arms[label])
-            previous = _set_option(entry, key, value, label)
+            previous = set_arm_option(entry, key, value, label)
             entry["label"] = f"{label}.{key}-{value}"
             raw["arms"].append(entry)
             derived.append(entry["label"])
@@ -207,7 +203,7 @@ def write_tuned_config(path: str | Path, config: MnistRunConfig, overrides: list
         f"# task 1 = {result['task']}, seed {result['seed']}.",
     ]
     for label, arm in result["arms"].items():
-        _set_option(raw["arms"][index[label]], key, arm["chosen"], label)
+        set_arm_option(raw["arms"][index[label]], key, arm["chosen"], label)
         grid = ", ".join(map(str, arm["grid"]))
         edge = "; at the edge of the grid: widen it" if arm["at_edge"] else ""
         lines.append(f"#   {label}: {key} {arm['chosen']} (score {arm['best_score']:.4f}; grid {grid}{edge})")
