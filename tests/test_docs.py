@@ -133,7 +133,7 @@ class Command:
         program = self.program
         name = self.launcher
         if name == "basinlab":
-            return len(program) > 1 and program[1] in ("run", "tune", "report", "prepare")
+            return len(program) > 1 and program[1] in ("run", "tune", "sweep", "report", "prepare")
         if name in ("python", "python3"):
             return len(program) > 1 and program[1].startswith("benchmarks/")
         if name == "bash":
@@ -544,6 +544,7 @@ def test_documented_commands_load():
     (stale key names fail here first); launch configs and scripts it names exist."""
     from basinlab.launch.cli import build_parser
     from basinlab.launch.config import load_config
+    from basinlab.launch.sweep import load_sweep
 
     parser = build_parser()
     cwd = Path.cwd()
@@ -570,6 +571,8 @@ def test_documented_commands_load():
                     assert set(only.split(",")) <= labels, where
                 for grid in option(args, "--grid"):
                     assert grid.split("=")[0] in labels, where
+            if args[0] == "sweep":
+                load_sweep(args[1], parsed.set)  # every cell's config builds and checks
     finally:
         os.chdir(cwd)
 

@@ -137,25 +137,28 @@ def test_pre_activation_features_are_the_last_layer_before_its_relu():
     assert torch.equal(net.hidden[-1](torch.relu(net.hidden[0](x))), pre)
 
 
-@pytest.mark.parametrize("where", [{"layer": "pre_activation"}, {"probes": "per_task"}, {"class_means": "centred"}])
-def test_representation_options_change_only_the_representation_metrics(tiny_config, tmp_path, where):
+def test_representation_options_change_only_the_representation_metrics(tiny_config, tmp_path):
     from basinlab.launch.cli import main
 
-    runs = {}
-    for name, representation in (("default", {}), ("changed", where)):
+    def run(name, representation):
         config = tiny_config(arms=[{"name": "sgd", "lr": 0.05, "momentum": 0.9}], data={"max_train_examples": 256},
                              representation=representation)
         assert main(["run", str(config), "--output", str(tmp_path / name)]) == 0
-        runs[name] = json.loads((tmp_path / name / "summary.json").read_text())
-    default, changed = (runs[n]["units"][0] for n in ("default", "changed"))
-    assert changed["accuracy_matrix"] == default["accuracy_matrix"]
-    assert runs["changed"]["representation"] == {"layer": "post_relu", "probes": "pooled", "class_means": "raw", **where}
-    moved = [k for k in ("effective_rank", "cross_class_cosine_mean") if changed[k] != default[k]]
-    assert moved, "the option must change what is measured"
-    if where.get("probes") == "per_task":  # one seen task: per task and pooled are the same measurement
-        assert changed["effective_rank"][0] == default["effective_rank"][0]
-    if where.get("class_means") == "centred":  # centring moves the class means, not the covariance
-        assert changed["effective_rank"] == pytest.approx(default["effective_rank"], rel=1e-6)
+        return json.loads((tmp_path / name / "summary.json").read_text())
+
+    default = run("default", {})
+    assert default["representation"] == {"layer": "post_relu", "probes": "pooled", "class_means": "raw"}
+    for where in ({"layer": "pre_activation"}, {"probes": "per_task"}, {"class_means": "centred"}):
+        summary = run("-".join(where.values()), where)
+        assert summary["representation"] == {**default["representation"], **where}
+        changed, unit = summary["units"][0], default["units"][0]
+        assert changed["accuracy_matrix"] == unit["accuracy_matrix"]
+        moved = [k for k in ("effective_rank", "cross_class_cosine_mean") if changed[k] != unit[k]]
+        assert moved, f"{where} must change what is measured"
+        if where.get("probes") == "per_task":  # one seen task: per task and pooled are the same measurement
+            assert changed["effective_rank"][0] == unit["effective_rank"][0]
+        if where.get("class_means") == "centred":  # centring moves the class means, not the covariance
+            assert changed["effective_rank"] == pytest.approx(unit["effective_rank"], rel=1e-6)
 
 
 def test_the_shipped_robustness_map_loads(monkeypatch, mnist_cache_dir):
