@@ -111,6 +111,9 @@ def test_a_sweep_runs_compares_with_the_reference_and_resumes(sweep_file, tmp_pa
     before = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/units/*.json")}
     assert run_sweep(path, output=out, resume=True)["cells"] == summary["cells"]
     assert {p: p.stat().st_mtime_ns for p in out.glob("cells/*/units/*.json")} == before  # nothing retrained
+    other_metrics = path.read_text() + "metrics: [acc, bwt]\n"  # metrics only change the summary
+    path.write_text(other_metrics)
+    assert run_sweep(path, output=out, resume=True)["metrics"] == ["acc", "bwt"]
     with pytest.raises(UserError, match="different sweep"):
         run_sweep(path, output=out, resume=True, overrides=["train.max_epochs=2"])
 

@@ -168,7 +168,9 @@ def run_sweep(path: str | Path, output: str | Path | None = None, resume: bool =
     """Run every cell of the sweep (skipping finished units on ``resume``) and write its summary."""
     sweep = load_sweep(path, overrides)
     output = Path(output) if output is not None else Path("runs") / sweep.name
-    record = {"sweep": sweep.spec, "overrides": list(overrides), "cells": [c.name for c in sweep.cells]}
+    # what decides the training; metrics only change the summary, so a resumed sweep may compare others
+    trained = {key: value for key, value in sweep.spec.items() if key != "metrics"}
+    record = {"sweep": trained, "overrides": list(overrides), "cells": [c.name for c in sweep.cells]}
     written = output / "sweep.yaml"
     if written.exists() and not resume:
         raise UserError(f"{output} already holds a sweep; pass --resume to continue it or --output another folder")
