@@ -577,7 +577,22 @@ def test_documented_commands_load():
         os.chdir(cwd)
 
 
-REFERENCES = [b for b in blocks_of(ROOT / "docs/recipes.md") if b.lang == "yaml" and not b.text.startswith("data:")]
+YAML_BLOCKS = [b for b in blocks_of(ROOT / "docs/recipes.md") if b.lang == "yaml"]
+SWEEPS = [b for b in YAML_BLOCKS if b.text.startswith("# configs/sweeps/")]
+REFERENCES = [b for b in YAML_BLOCKS if not b.text.startswith("data:") and b not in SWEEPS]
+
+
+def test_sweep_snippet_loads(tmp_path, monkeypatch):
+    """The sweep example of docs/recipes.md builds and checks every cell (from the repository root, where
+    its base config path points)."""
+    from basinlab.launch.sweep import load_sweep
+
+    [block] = SWEEPS
+    path = tmp_path / "sweep.yaml"
+    path.write_text(block.text)
+    monkeypatch.chdir(ROOT)
+    sweep = load_sweep(path)
+    assert len(sweep.cells) == 4 and "shampoo.grafting-none" in [a.label for a in sweep.cells[0].config.arms]
 
 
 def test_corpus_domains_snippet_checks(tmp_path):
