@@ -94,6 +94,9 @@ def test_a_sweep_runs_compares_with_the_reference_and_resumes(sweep_file, tmp_pa
     bwt = {arm: {s: units[f"{arm}__seed{s}"]["bwt"] for s in (0, 1)} for arm in ("sgd", "adamw")}
     assert cell["arms"]["adamw"]["vs_reference"]["bwt"] == paired_differences(bwt["adamw"], bwt["sgd"])
     assert "vs_reference" not in cell["arms"]["sgd"]
+    diagonal = [np.mean([units[f"adamw__seed{s}"]["accuracy_matrix"][j][j] for j in range(2)]) for s in (0, 1)]
+    assert cell["arms"]["adamw"]["learning_accuracy"]["mean"] == pytest.approx(np.mean(diagonal))
+    assert cell["arms"]["adamw"]["learned_the_tasks"] in (True, False)
     # the intervention really lowers the rank of what SGD learns, on both streams
     for c in summary["cells"]:
         assert c["arms"]["sgd-rank"]["vs_reference"]["final_effective_rank"]["mean"] < -1
@@ -103,7 +106,7 @@ def test_a_sweep_runs_compares_with_the_reference_and_resumes(sweep_file, tmp_pa
     saved = json.loads((out / "sweep.json").read_text())
     assert saved["cells"] == json.loads(json.dumps(summary["cells"]))
     report = (out / "report.md").read_text()
-    assert "| stream-permuted | adamw | 2 |" in report and "What predicts forgetting" in report
+    assert "| stream-permuted | adamw | 2 | " in report and "What predicts forgetting" in report
     assert (out / "plots" / "paired_differences.png").stat().st_size > 0 and (out / "plots" / "bwt_predictors.png").exists()
 
     with pytest.raises(UserError, match="pass --resume"):

@@ -68,18 +68,32 @@ def _none_if_nan(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+LEARNED = 0.9  # an arm "learned" a cell's tasks when its learning accuracy is at least this share of the reference's
+
+
+def learning_accuracy(unit: Any) -> float | None:
+    """Mean accuracy on each task right after training it (the accuracy matrix's diagonal): an arm that never
+    learns a task cannot forget it, so a BWT near 0 means little without this. None for units without one."""
+    matrix = getattr(unit, "accuracy_matrix", None)
+    return float(np.mean([matrix[j][j] for j in range(len(matrix))])) if matrix else None
+
+
 def _cell_table(cell: dict[str, Any], reference: str, metrics: list[str]) -> dict[str, Any]:
     by_arm = {label: {u.seed: u.headline() for u in cell["units"] if u.arm == label} for label in cell["arms"]}
+    learned = {label: mean_ci([learning_accuracy(u) for u in cell["units"] if u.arm == label]) for label in cell["arms"]}
     arms = {}
     for label, seeds in by_arm.items():
         if not seeds:
             continue
-        entry = {"seeds": sorted(seeds), **{m: mean_ci([h[m] for h in seeds.values()]) for m in metrics}}
+        entry = {"seeds": sorted(seeds), **{m: mean_ci([h[m] for h in seeds.values()]) for m in metrics},
+                 "learning_accuracy": learned[label]}
         if label != reference and by_arm.get(reference):
             ref = by_arm[reference]
             entry["vs_reference"] = {
                 m: paired_differences({s: h[m] for s, h in seeds.items()}, {s: h[m] for s, h in ref.items()}) for m in metrics
             }
+            own, theirs = learned[label]["mean"], learned[reference]["mean"]
+            entry["learned_the_tasks"] = None if own is None or theirs is None else own >= LEARNED * theirs
         arms[label] = entry
     return {
         "name": cell["name"],
@@ -123,6 +137,9 @@ def build_sweep_summary(
         "conventions": {
             "vs_reference": "per metric, mean over the seeds both arms finished of (arm - reference) on the same seed, "
             "with its Student-t interval (ci_level); BWT > 0 means less forgetting than the reference",
+            "learning_accuracy": "mean over tasks of the accuracy on each task right after training it (the accuracy "
+            f"matrix's diagonal); learned_the_tasks: the arm's is at least {LEARNED} x the reference's (a higher BWT "
+            "without it is not retention)",
             "correlations_with_bwt": "Spearman's rho between the metric and BWT over every unit (cell, arm, seed) of "
             f"the group, with a percentile bootstrap interval ({BOOTSTRAP_DRAWS} resamples of units, seed 0)",
         },
@@ -151,12 +168,16 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
     lines = []
     arms = [a for cell in summary["cells"] for a in cell["arms"] if a != summary["reference"]]
     for arm in dict.fromkeys(arms):
-        rows = [c["arms"][arm]["vs_reference"] for c in summary["cells"] if "vs_reference" in c["arms"].get(arm, {})]
+        entries = [c["arms"][arm] for c in summary["cells"] if "vs_reference" in c["arms"].get(arm, {})]
+        rows = [e["vs_reference"] for e in entries]
         if not rows or TARGET not in rows[0]:
             continue
-        less_forgetting = sum(_sign(r[TARGET]) > 0 for r in rows)
+        unlearned = sum(e["learned_the_tasks"] is False and _sign(e["vs_reference"][TARGET]) > 0 for e in entries)
+        less_forgetting = sum(_sign(r[TARGET]) > 0 for r in rows) - unlearned
         more_forgetting = sum(_sign(r[TARGET]) < 0 for r in rows)
         line = f"- **{arm}** vs {summary['reference']}: less forgetting in {less_forgetting} of {len(rows)} cells, more in {more_forgetting}"
+        if unlearned:
+            line += f" (and a higher BWT in {unlearned} where it did not learn the tasks: learning accuracy below {LEARNED:.0%} of the reference's)"
         if "final_effective_rank" in rows[0] and "final_cross_class_cosine_mean" in rows[0]:
             lower = sum(_sign(r["final_effective_rank"]) < 0 and _sign(r["final_cross_class_cosine_mean"]) < 0 for r in rows)
             rank_only = sum(_sign(r["final_effective_rank"]) < 0 for r in rows)
@@ -171,13 +192,16 @@ def render_sweep_report(summary: dict[str, Any], plots: list[Path], output: Path
     metrics = summary["metrics"]
     lines = [f"# Sweep {summary['name']}", "", f"Paired differences from **{summary['reference']}** on the same seeds "
              "(mean ± half-width of the 95 % t interval; BWT > 0 = less forgetting).", ""]
-    lines += ["| cell | arm | seeds | " + " | ".join(f"Δ{m}" for m in metrics) + " |",
-              "|---|---|---|" + "---|" * len(metrics)]
+    lines += ["| cell | arm | seeds | learning accuracy | " + " | ".join(f"Δ{m}" for m in metrics) + " |",
+              "|---|---|---|---|" + "---|" * len(metrics)]
     for cell in summary["cells"]:
         for arm, entry in cell["arms"].items():
             if "vs_reference" in entry:
                 diffs = " | ".join(_interval(entry["vs_reference"][m]) for m in metrics)
-                lines.append(f"| {cell['name']} | {arm} | {len(entry['seeds'])} | {diffs} |")
+                learned = entry["learning_accuracy"]["mean"]
+                mark = "" if entry["learned_the_tasks"] is not False else " (not learned)"
+                la = "n/a" if learned is None else f"{learned:.3f}{mark}"
+                lines.append(f"| {cell['name']} | {arm} | {len(entry['seeds'])} | {la} | {diffs} |")
     lines += ["", "## Where the claims hold", "", *verdicts(summary), ""]
     if summary["correlations_with_bwt"]:
         lines += ["## What predicts forgetting", "", f"Spearman's rho with BWT over every unit, per {summary['correlation_group']} "
