@@ -1,5 +1,3 @@
-import sys
+from basinlab.launch.cli import entry
 
-from basinlab.launch.cli import main
-
-sys.exit(main())
+entry()

@@ -8,8 +8,10 @@ process group is. A single process is rank 0 of 1.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-from typing import Callable, Iterator, TypeVar
+import sys
+from typing import Callable, Iterator, NoReturn, TypeVar
 
 import torch.distributed as dist
 
@@ -65,3 +67,26 @@ def main_process_first() -> Iterator[None]:
     yield
     if is_main_process():
         barrier()
+
+
+def exit_rank(code: int = 0) -> NoReturn:
+    """End this process with ``code``; a rank of a launched job ends without interpreter finalization.
+
+    With gloo (torch 2.13) a worker thread can still be releasing a finished collective's tensors
+    when the interpreter finalizes; it then needs the GIL and aborts the process (SIGABRT,
+    "terminate called without an active exception") after all its work is done, so the launcher
+    reports a failed job. Measured on 2 CPU ranks ending in ``all_gather_object`` and
+    ``destroy_process_group``: 3 of 30 runs, still 1 of 60 with two barriers before it. A rank
+    therefore waits for the others, tears the group down, flushes and leaves with ``os._exit`` (as
+    multiprocessing's children do); after an error it leaves at once. A process without a group
+    exits normally.
+    """
+    if not _initialized():
+        sys.exit(code)
+    if code == 0:
+        dist.barrier()
+        dist.destroy_process_group()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

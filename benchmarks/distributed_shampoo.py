@@ -33,6 +33,7 @@ os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
+from basinlab.ranks import exit_rank  # noqa: E402
 from optimizer_step import LR, WARMUP, bert_workload, state_bytes, train_steps  # noqa: E402
 from self_launch import launch, parse_arguments  # noqa: E402
 
@@ -81,7 +82,7 @@ def worker(args: argparse.Namespace) -> None:
     dist.all_gather_object(rows, row)
     if dist.get_rank() == 0:
         Path(args.output).write_text(json.dumps(rows))
-    dist.destroy_process_group()
+    exit_rank(0)
 
 
 def main() -> None:

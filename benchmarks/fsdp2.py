@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from basinlab.ranks import exit_rank
 from optimizer_step import LR, WARMUP, bert_workload, state_bytes, train_steps
 from self_launch import launch, parse_arguments
 
@@ -73,8 +74,7 @@ def worker(args: argparse.Namespace) -> None:
     dist.all_gather_object(rows, row)
     if dist.get_rank() == 0:
         Path(args.output).write_text(json.dumps(rows))
-    dist.barrier()
-    dist.destroy_process_group()
+    exit_rank(0)
 
 
 def main() -> None:

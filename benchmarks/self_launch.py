@@ -31,7 +31,7 @@ def launch(script: str, world_size: int, args: argparse.Namespace) -> list[dict]
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "rows.json"
         command = [
-            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world_size), script, "--worker",
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world_size), script, "--worker",
             "--output", str(output), "--frequency", str(args.frequency), "--windows", str(args.windows),
             "--threads", str(args.threads),
         ]

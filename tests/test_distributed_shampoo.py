@@ -85,7 +85,7 @@ def test_two_gloo_processes_match_one_process_bitwise(tmp_path):
             reference[config], optimizer = worker.train(config, checkpoint=checkpoint)
             assert optimizer.sharding() is None and optimizer.diagnostics()["skipped_steps"] == 1
         result = subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(WORKER), str(tmp_path)],
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), str(tmp_path)],
             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
         )
         assert result.returncode == 0, result.stderr[-4000:]

@@ -32,7 +32,7 @@ def test_fully_sharded_training_equals_one_process_bitwise(tmp_path):
     finally:
         torch.set_num_threads(threads)
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(WORKER), str(tmp_path)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), str(tmp_path)],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -96,7 +96,7 @@ def test_hf_trainer_checkpoints_keep_every_ranks_shampoo_state(tmp_path):
     worker_path = ROOT / "tests" / "workers" / "hf_trainer_checkpoints.py"
     worker = _load_worker(worker_path)
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(worker_path), str(tmp_path)],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(worker_path), str(tmp_path)],
         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]

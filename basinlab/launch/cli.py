@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from basinlab import __version__, ranks
 from basinlab.data.text import TEXT_DOMAINS
@@ -231,5 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> NoReturn:
+    """The console command: ``main``'s status, ending a launched rank cleanly (``ranks.exit_rank``)."""
+    ranks.exit_rank(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -18,6 +18,7 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from deepspeed import DeepSpeedEngine
 
 from basinlab.optim import Shampoo
+from basinlab.ranks import exit_rank
 from ds_common import fingerprint, regression_data, step_recorder, tiny_mlp, write_json
 
 EPOCHS, BATCH = 3, 8
@@ -82,8 +83,7 @@ def main(out: Path) -> None:
         "fingerprint": fingerprint(params),
         "diagnostics": optimizer.diagnostics(),
     })
-    accelerator.wait_for_everyone()
-    torch.distributed.destroy_process_group()
+    exit_rank(0)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from basinlab.optim import SOAP, Muon, Shampoo, muon_param_groups
+from basinlab.ranks import exit_rank
 from ds_common import ROOT, fingerprint, rank, regression_data, resolved, step_recorder, tiny_mlp, write_json
 
 MICRO_BATCH, STEPS = 8, 8
@@ -141,7 +142,4 @@ def zero(out: Path) -> None:
 if __name__ == "__main__":
     mode, out_dir = sys.argv[1], Path(sys.argv[2])
     code = {"zero0": zero0, "zero": zero}[mode](out_dir)
-    # Without this, the gloo group's teardown at interpreter exit aborts ("terminate called
-    # without an active exception", SIGABRT) after all the work is done.
-    torch.distributed.destroy_process_group()
-    sys.exit(code or 0)
+    exit_rank(code or 0)

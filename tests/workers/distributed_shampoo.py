@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from basinlab.optim import SOAP, Muon, Shampoo, load_sharded_state, save_sharded_state
+from basinlab.ranks import exit_rank
 
 # A blocked matrix, a conv kernel, a bias, a scalar, a matrix with a size-1 dim, a 1x1
 # matrix, a layer that gets no gradient every third step, and one that never gets one.
@@ -120,7 +121,7 @@ def main(out: Path) -> None:
             "refused_other_shard": refused,
         }
     torch.save(results, out / f"results-{rank()}.pt")
-    dist.destroy_process_group()
+    exit_rank(0)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from basinlab.optim import SOAP, Muon, Shampoo
+from basinlab.ranks import exit_rank
 
 STEPS, CHECKPOINT_STEP = 6, 3
 # 7 and 13 rows split unevenly over 2 ranks; max_preconditioner_dim 5 blocks the matrices
@@ -137,8 +138,7 @@ def main(out: Path) -> None:
             ],
         }
     torch.save(results, out / f"results-{dist.get_rank()}.pt")
-    dist.barrier()
-    dist.destroy_process_group()
+    exit_rank(0)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from transformers import Trainer, TrainingArguments
 
 from basinlab.launch.hf_checkpoints import ShardedOptimizerCheckpoints
 from basinlab.optim import Shampoo
+from basinlab.ranks import exit_rank
 
 STEPS, SAVE_AT, GLOBAL_BATCH = 8, 4, 8
 
@@ -60,8 +61,7 @@ def main(out: Path) -> None:
     train(out / "plain", 2, trainer_class=Trainer)  # the Trainer's own optimizer.pt: rank 0's buckets only
     rank = torch.distributed.get_rank()
     torch.save({"full": full, "resumed": resumed}, out / f"results-{rank}.pt")
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    exit_rank(0)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from basinlab.optim import Shampoo
+from basinlab.ranks import exit_rank
 from ds_common import ROOT, fingerprint, rank, step_recorder, write_json
 
 MAX_STEPS, FREQUENCY = 6, 2
@@ -144,7 +145,7 @@ def main(out: Path) -> None:
         "fingerprint": fingerprint(params),
         "diagnostics": inner.diagnostics(),
     })
-    torch.distributed.destroy_process_group()
+    exit_rank(0)
 
 
 if __name__ == "__main__":
