@@ -14,7 +14,7 @@ import yaml
 
 from basinlab.errors import UserError
 from basinlab.eval.stats import paired_differences
-from basinlab.eval.sweep_summary import average_ranks, spearman, spearman_with_ci
+from basinlab.eval.sweep_summary import average_ranks, build_sweep_summary, spearman, spearman_with_ci
 from basinlab.launch.sweep import load_sweep, run_sweep
 from basinlab.models import MLP
 
@@ -119,6 +119,35 @@ def test_a_sweep_runs_compares_with_the_reference_and_resumes(sweep_file, tmp_pa
     assert run_sweep(path, output=out, resume=True)["metrics"] == ["acc", "bwt"]
     with pytest.raises(UserError, match="different sweep"):
         run_sweep(path, output=out, resume=True, overrides=["train.max_epochs=2"])
+
+
+class Unit:
+    """What the sweep summary reads of a unit result: arm, seed, accuracy matrix, headline metrics."""
+
+    def __init__(self, arm, seed, diagonal, bwt, rank):
+        self.arm, self.seed, self.wall_time_s, self.bwt, self.rank = arm, seed, 1.0, bwt, rank
+        self.accuracy_matrix = [[diagonal, 0.0], [0.0, diagonal]]
+
+    def headline(self):
+        return {"bwt": self.bwt, "final_effective_rank": self.rank}
+
+
+def test_arms_that_did_not_learn_stay_out_of_what_predicts_forgetting():
+    """An arm that learns nothing forgets nothing: its units (BWT 0, here the highest rank) would make
+    higher rank look protective. They are left out of rho, and kept in the all-units rho and the points."""
+    units = [Unit("sgd", s, 0.9, -0.5 + 0.1 * s, 10 + s) for s in range(3)]  # rank and BWT rise together
+    units += [Unit("lazy", s, 0.3, 0.0, 50 + s) for s in range(3)]           # did not learn: 0.3 < 0.9 x 0.9
+    units += [Unit("good", s, 0.88, -0.2 - 0.1 * s, 20 + s) for s in range(3)]  # learned: rank up, BWT down
+    cell = {"name": "c", "values": {}, "arms": ["sgd", "lazy", "good"], "units": units}
+    summary = build_sweep_summary("s", "sgd", ["bwt", "final_effective_rank"], {}, [cell])
+    arms = summary["cells"][0]["arms"]
+    assert arms["lazy"]["learned_the_tasks"] is False and arms["good"]["learned_the_tasks"] is True
+    learned, everyone = (summary[k]["all"]["final_effective_rank"] for k in ("correlations_with_bwt",
+                                                                               "correlations_with_bwt_all_units"))
+    assert learned["n"] == 6 and everyone["n"] == 9
+    expected = spearman(np.array([u.rank for u in units if u.arm != "lazy"]), np.array([u.bwt for u in units if u.arm != "lazy"]))
+    assert learned["rho"] == pytest.approx(expected) and everyone["rho"] > learned["rho"]
+    assert [p["learned_the_tasks"] for p in summary["points"]["all"]] == [True] * 3 + [False] * 3 + [True] * 3
 
 
 def test_spearman_ranks_ties_and_bootstrap():

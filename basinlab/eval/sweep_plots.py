@@ -50,15 +50,17 @@ def predictors_plot(summary: dict[str, Any], path: Path) -> Path:
     for row, (group, points) in zip(axes, groups.items()):
         for ax, metric in zip(row, predictors):
             for arm in arms:
-                xs = [p[metric] for p in points if p["arm"] == arm]
-                ys = [p[TARGET] for p in points if p["arm"] == arm]
-                ax.scatter(xs, ys, s=9, color=colours[arm], label=arm)
+                for learned in (True, False):  # arms that did not learn the tasks: hollow, outside rho
+                    mine = [p for p in points if p["arm"] == arm and p.get("learned_the_tasks", True) is learned]
+                    ax.scatter([p[metric] for p in mine], [p[TARGET] for p in mine], s=9, label=arm if learned else None,
+                               facecolors=colours[arm] if learned else "none", edgecolors=colours[arm])
             rho = summary["correlations_with_bwt"][group][metric]["rho"]
             ax.set_title(f"{group}: rho {'n/a' if rho is None else f'{rho:+.2f}'}", fontsize=8)
             ax.set_xlabel(metric, fontsize=8)
             ax.set_ylabel("BWT", fontsize=8)
             ax.tick_params(labelsize=7)
-    axes[0][-1].legend(fontsize=5, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    axes[0][-1].legend(fontsize=5, loc="center left", bbox_to_anchor=(1.02, 0.5),
+                       title="hollow: did not learn\nthe tasks (not in rho)", title_fontsize=5)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -3,8 +3,9 @@ seeds, and across all units of a stream how well each representation metric pred
 
 - paired differences: :func:`basinlab.eval.stats.paired_differences` (t interval over seeds);
 - what predicts forgetting: Spearman's rank correlation between a metric and the target (BWT)
-  over every (cell, arm, seed) unit of a group, with a percentile bootstrap interval from
-  resampling units (seeded, so the summary is reproducible).
+  over the (cell, arm, seed) units of a group whose arm learned the cell's tasks (and, beside it,
+  over every unit), with a percentile bootstrap interval from resampling units (seeded, so the
+  summary is reproducible).
 """
 
 from __future__ import annotations
@@ -109,39 +110,52 @@ def _group_key(axes: dict[str, list[Any]]) -> str | None:
     return "data.stream" if "data.stream" in axes else None
 
 
+def _correlations(groups: dict[str, list], predictors: list[str]) -> dict[str, Any]:
+    table = {}
+    for group, units in groups.items():
+        target = [u.headline()[TARGET] for u in units]
+        table[group] = {m: spearman_with_ci([u.headline()[m] for u in units], target) for m in predictors}
+    return table
+
+
 def build_sweep_summary(
     name: str, reference: str, metrics: list[str], axes: dict[str, list[Any]], cells: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """``cells``: per cell its name, axis values, arm labels (config order) and finished unit results."""
+    tables = [_cell_table(cell, reference, metrics) for cell in cells]
     group_key = _group_key(axes)
     groups: dict[str, list] = {}
-    for cell in cells:
+    learned: dict[int, bool] = {}  # per unit (by id): did its arm learn the cell's tasks
+    for cell, table in zip(cells, tables):
         group = str(cell["values"][group_key]) if group_key else "all"
         groups.setdefault(group, []).extend(cell["units"])
+        for unit in cell["units"]:
+            learned[id(unit)] = table["arms"].get(unit.arm, {}).get("learned_the_tasks") is not False
     predictors = [m for m in metrics if m != TARGET]
-    correlations = {}
-    if TARGET in metrics:
-        for group, units in groups.items():
-            target = [u.headline()[TARGET] for u in units]
-            correlations[group] = {m: spearman_with_ci([u.headline()[m] for u in units], target) for m in predictors}
+    learners = {group: [u for u in units if learned[id(u)]] for group, units in groups.items()}
+    with_target = TARGET in metrics
     return {
         "schema_version": 1,
         "name": name,
         "reference": reference,
         "metrics": metrics,
         "axes": axes,
-        "cells": [_cell_table(cell, reference, metrics) for cell in cells],
+        "cells": tables,
         "correlation_group": group_key or "all units",
-        "correlations_with_bwt": correlations,
-        "points": {group: [{"arm": u.arm, "seed": u.seed, **u.headline()} for u in units] for group, units in groups.items()},
+        "correlations_with_bwt": _correlations(learners, predictors) if with_target else {},
+        "correlations_with_bwt_all_units": _correlations(groups, predictors) if with_target else {},
+        "points": {group: [{"arm": u.arm, "seed": u.seed, "learned_the_tasks": learned[id(u)], **u.headline()}
+                           for u in units] for group, units in groups.items()},
         "conventions": {
             "vs_reference": "per metric, mean over the seeds both arms finished of (arm - reference) on the same seed, "
             "with its Student-t interval (ci_level); BWT > 0 means less forgetting than the reference",
             "learning_accuracy": "mean over tasks of the accuracy on each task right after training it (the accuracy "
             f"matrix's diagonal); learned_the_tasks: the arm's is at least {LEARNED} x the reference's (a higher BWT "
             "without it is not retention)",
-            "correlations_with_bwt": "Spearman's rho between the metric and BWT over every unit (cell, arm, seed) of "
-            f"the group, with a percentile bootstrap interval ({BOOTSTRAP_DRAWS} resamples of units, seed 0)",
+            "correlations_with_bwt": "Spearman's rho between the metric and BWT over the units (cell, arm, seed) of "
+            "the group whose arm learned the cell's tasks (an arm that learns nothing forgets nothing), with a "
+            f"percentile bootstrap interval ({BOOTSTRAP_DRAWS} resamples of units, seed 0); "
+            "correlations_with_bwt_all_units: the same over every unit",
         },
     }
 
@@ -188,6 +202,11 @@ def verdicts(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _rho(stat: dict[str, Any]) -> str:
+    rho = "n/a" if stat["rho"] is None else f"{stat['rho']:+.2f}"
+    return rho if stat["ci_low"] is None else f"{rho} [{stat['ci_low']:+.2f}, {stat['ci_high']:+.2f}]"
+
+
 def render_sweep_report(summary: dict[str, Any], plots: list[Path], output: Path) -> str:
     metrics = summary["metrics"]
     lines = [f"# Sweep {summary['name']}", "", f"Paired differences from **{summary['reference']}** on the same seeds "
@@ -204,13 +223,14 @@ def render_sweep_report(summary: dict[str, Any], plots: list[Path], output: Path
                 lines.append(f"| {cell['name']} | {arm} | {len(entry['seeds'])} | {la} | {diffs} |")
     lines += ["", "## Where the claims hold", "", *verdicts(summary), ""]
     if summary["correlations_with_bwt"]:
-        lines += ["## What predicts forgetting", "", f"Spearman's rho with BWT over every unit, per {summary['correlation_group']} "
-                  "(95 % bootstrap interval):", "", "| group | metric | n | rho |", "|---|---|---|---|"]
+        everyone = summary["correlations_with_bwt_all_units"]
+        lines += ["## What predicts forgetting", "", f"Spearman's rho with BWT per {summary['correlation_group']} "
+                  "(95 % bootstrap interval), over the units of arms that learned the tasks, and over every unit:", "",
+                  "| group | metric | n | rho (arms that learned) | n | rho (every unit) |", "|---|---|---|---|---|---|"]
         for group, table in summary["correlations_with_bwt"].items():
             for metric, stat in table.items():
-                rho = "n/a" if stat["rho"] is None else f"{stat['rho']:+.2f}"
-                ci = "" if stat["ci_low"] is None else f" [{stat['ci_low']:+.2f}, {stat['ci_high']:+.2f}]"
-                lines.append(f"| {group} | {metric} | {stat['n']} | {rho}{ci} |")
+                lines.append(f"| {group} | {metric} | {stat['n']} | {_rho(stat)} | "
+                             f"{everyone[group][metric]['n']} | {_rho(everyone[group][metric])} |")
         lines.append("")
     lines += ["## Wall time", "", "| cell | units | training s |", "|---|---|---|"]
     lines += [f"| {c['name']} | {c['units']} | {c['wall_time_s']:.0f} |" for c in summary["cells"]]
