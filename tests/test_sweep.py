@@ -196,7 +196,7 @@ def test_representation_options_change_only_the_representation_metrics(tiny_conf
             assert changed["effective_rank"] == pytest.approx(unit["effective_rank"], rel=1e-6)
 
 
-def test_the_shipped_robustness_map_loads(monkeypatch, mnist_cache_dir):
+def test_the_shipped_robustness_sweeps_load(monkeypatch, mnist_cache_dir):
     from pathlib import Path
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
@@ -204,3 +204,9 @@ def test_the_shipped_robustness_map_loads(monkeypatch, mnist_cache_dir):
     assert len(sweep.cells) == 4 and sweep.reference == "sgd"
     labels = [a.label for a in sweep.cells[0].config.arms]
     assert {"shampoo.root_override-2", "shampoo.grafting-none", "soap", "muon", "sgd-rank_penalty-0.03"} <= set(labels)
+    # its width-1000 and task-count extensions: both streams, the five base arms
+    for path, width, tasks in [("robustness_width_1000", 1000, 3), ("robustness_tasks", 100, 5)]:
+        cells = load_sweep(f"configs/sweeps/{path}.yaml").cells
+        assert [(c.config.data.stream, c.config.model.hidden_sizes, c.config.data.num_tasks) for c in cells] == [
+            ("permuted", [width], tasks), ("class_incremental", [width], tasks)]
+        assert [a.label for a in cells[0].config.arms] == ["sgd", "adamw", "shampoo", "soap", "muon"]
