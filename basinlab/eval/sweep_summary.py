@@ -110,9 +110,11 @@ def _group_key(axes: dict[str, list[Any]]) -> str | None:
     return "data.stream" if "data.stream" in axes else None
 
 
-def _correlations(groups: dict[str, list], predictors: list[str]) -> dict[str, Any]:
+def _correlations(groups: dict[str, list], predictors: list[str], learners_only: bool) -> dict[str, Any]:
+    """Per group, rho of each predictor with the target over its (unit, learned) pairs."""
     table = {}
-    for group, units in groups.items():
+    for group, pairs in groups.items():
+        units = [u for u, learned in pairs if learned or not learners_only]
         target = [u.headline()[TARGET] for u in units]
         table[group] = {m: spearman_with_ci([u.headline()[m] for u in units], target) for m in predictors}
     return table
@@ -124,15 +126,12 @@ def build_sweep_summary(
     """``cells``: per cell its name, axis values, arm labels (config order) and finished unit results."""
     tables = [_cell_table(cell, reference, metrics) for cell in cells]
     group_key = _group_key(axes)
-    groups: dict[str, list] = {}
-    learned: dict[int, bool] = {}  # per unit (by id): did its arm learn the cell's tasks
+    groups: dict[str, list] = {}  # per group: (unit, whether its arm learned the cell's tasks)
     for cell, table in zip(cells, tables):
         group = str(cell["values"][group_key]) if group_key else "all"
-        groups.setdefault(group, []).extend(cell["units"])
-        for unit in cell["units"]:
-            learned[id(unit)] = table["arms"].get(unit.arm, {}).get("learned_the_tasks") is not False
+        groups.setdefault(group, []).extend(
+            (u, table["arms"].get(u.arm, {}).get("learned_the_tasks") is not False) for u in cell["units"])
     predictors = [m for m in metrics if m != TARGET]
-    learners = {group: [u for u in units if learned[id(u)]] for group, units in groups.items()}
     with_target = TARGET in metrics
     return {
         "schema_version": 1,
@@ -142,10 +141,10 @@ def build_sweep_summary(
         "axes": axes,
         "cells": tables,
         "correlation_group": group_key or "all units",
-        "correlations_with_bwt": _correlations(learners, predictors) if with_target else {},
-        "correlations_with_bwt_all_units": _correlations(groups, predictors) if with_target else {},
-        "points": {group: [{"arm": u.arm, "seed": u.seed, "learned_the_tasks": learned[id(u)], **u.headline()}
-                           for u in units] for group, units in groups.items()},
+        "correlations_with_bwt": _correlations(groups, predictors, learners_only=True) if with_target else {},
+        "correlations_with_bwt_all_units": _correlations(groups, predictors, learners_only=False) if with_target else {},
+        "points": {group: [{"arm": u.arm, "seed": u.seed, "learned_the_tasks": learned, **u.headline()}
+                           for u, learned in pairs] for group, pairs in groups.items()},
         "conventions": {
             "vs_reference": "per metric, mean over the seeds both arms finished of (arm - reference) on the same seed, "
             "with its Student-t interval (ci_level); BWT > 0 means less forgetting than the reference",
